@@ -1,0 +1,55 @@
+"""The `cmrec` command: one subcommand per job in `pipelines/`.
+
+Each pipeline module exposes ``DESCRIPTION``, ``add_arguments(parser)``, ``run(args) -> int`` and
+``main(argv)``. Errors a user can act on (`CmrecError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable
+
+from cmrec.errors import CmrecError
+
+# Subcommand -> pipeline module; later issues add train, evaluate, compare, refresh, score, bench.
+COMMANDS: dict[str, str] = {
+    "generate": "pipelines.generate",
+}
+EXIT_USER_ERROR = 2
+
+
+def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, name: str) -> int:
+    """Run a pipeline; a `CmrecError` becomes a one-line message and exit status 2."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        return run(args)
+    except CmrecError as exc:
+        print(f"cmrec {name}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmrec",
+        description="Continual Memory for lifelong user modelling: data, training, refresh, scoring.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=module.DESCRIPTION, description=module.__doc__)
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(args._run, args, args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

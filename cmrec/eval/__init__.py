@@ -1,0 +1,1 @@
+"""Evaluation: metrics and the heuristic floors every model must beat."""

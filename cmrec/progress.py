@@ -1,0 +1,26 @@
+"""Progress bars for long work: live on a terminal, sparse in logs (CI, redirected output)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+
+def progress(iterable: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterable[T]:
+    """Wrap `iterable` in a bar on stderr; refreshes at most every 10 s when stderr is no terminal."""
+    interactive = sys.stderr.isatty()
+    bar: Any = tqdm(
+        iterable,
+        desc=desc,
+        unit=unit,
+        total=total,
+        file=sys.stderr,
+        mininterval=0.2 if interactive else 10.0,
+        dynamic_ncols=interactive,
+    )
+    return bar

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import os
+import warnings
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+warnings.filterwarnings("ignore", message="is_fx_tracing will return true")
+
+
+@pytest.fixture
+def tiny_events() -> pd.DataFrame:
+    """Two users, unsorted, with string and integer ids mixed across columns."""
+    return pd.DataFrame(
+        {
+            "user_id": ["b", "a", "a", "a", "b", "b", "b", "a", "a"],
+            "item_id": [10, 20, 30, 40, 50, 60, 70, 20, 80],
+            "timestamp": [5, 1, 2, 3, 1, 2, 3, 4, 5],
+            "category_id": ["x", "x", "y", "y", "z", "z", "x", "x", "w"],
+        }
+    )
