@@ -1,8 +1,9 @@
 # Two commands matter: `make test` and `make demo`. Each builds .venv from requirements/cpu.lock when
-# it is missing or older than the lock (or pyproject.toml), then runs.
+# it is missing or older than the lock, reinstalls cmrec when pyproject.toml changed, then runs.
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LOCK_STAMP := $(VENV)/.lock-installed
 STAMP := $(VENV)/.cmrec-installed
 # torch's CPU build (2.13.0+cpu) is not on PyPI; our machines keep its wheel here.
 WHEELS ?= /opt/wheels
@@ -19,10 +20,15 @@ DEMO_DIR ?= data/demo
 
 venv: $(STAMP)
 
-$(STAMP): requirements/cpu.lock pyproject.toml
+# A new lock rebuilds the environment from scratch, so that nothing outside the lock survives.
+$(LOCK_STAMP): requirements/cpu.lock
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --no-deps --require-hashes $(FIND_LINKS) -r requirements/cpu.lock
+	touch $(LOCK_STAMP)
+
+# A changed pyproject.toml only reinstalls cmrec itself.
+$(STAMP): $(LOCK_STAMP) pyproject.toml
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
