@@ -1,0 +1,185 @@
+"""Batches for every model: histories as a TorchRec `KeyedJaggedTensor`, plus targets and labels.
+
+Shape letters: S samples in the batch, H distinct histories in the batch (H <= S), E history events
+in the batch.
+
+A batch stores each distinct (sequence, prefix) history once; ``history_index`` maps each sample to
+its history row. The positive and the negative of one target share one history, so a model builds
+that user's memory once and scores both targets from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from cmrec.data.samples import Histories, Samples
+from cmrec.errors import ConfigError
+
+ITEM_KEY = "item"
+CATEGORY_KEY = "category"
+
+
+@dataclass
+class Batch:
+    """One batch of samples.
+
+    Args:
+        history: KJT with keys ``("item",)`` or ``("item", "category")``; H rows, each a history
+            in time order (oldest first), at most ``max_len`` long; E values per key.
+        history_index: (S,) int64, the `history` row of each sample.
+        target_items: (S,) int64 item index of each candidate.
+        target_categories: (S,) int64 category index of each candidate, or None.
+        labels: (S,) float32 click labels.
+        user_ids: (S,) int64 user index of each sample (for GAUC and the memory store).
+    """
+
+    history: KeyedJaggedTensor
+    history_index: torch.Tensor
+    target_items: torch.Tensor
+    target_categories: torch.Tensor | None
+    labels: torch.Tensor
+    user_ids: torch.Tensor
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_histories(self) -> int:
+        return int(self.history.stride())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Batch(
+            history=self.history.to(torch.device(device), non_blocking=non_blocking),
+            history_index=self.history_index.to(device, non_blocking=non_blocking),
+            target_items=self.target_items.to(device, non_blocking=non_blocking),
+            target_categories=move(self.target_categories),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+            user_ids=self.user_ids.to(device, non_blocking=non_blocking),
+        )
+
+
+class Collator:
+    """Builds a `Batch` from sample row indices; use as a DataLoader's ``collate_fn``.
+
+    Args:
+        histories: the stored histories.
+        samples: the sample rows the indices refer to.
+        max_len: keep only the last `max_len` events of each history.
+    """
+
+    def __init__(self, histories: Histories, samples: Samples, max_len: int) -> None:
+        if max_len < 1:
+            raise ConfigError(f"max_len must be >= 1, got {max_len}")
+        self.histories = histories
+        self.samples = samples
+        self.max_len = max_len
+
+    def __call__(self, indices: Sequence[int] | np.ndarray) -> Batch:
+        rows = np.asarray(indices, dtype=np.int64)
+        seq = self.samples.sequence[rows]
+        prefix = self.samples.prefix_len[rows]
+        # One history per distinct (sequence, prefix), in order of first appearance.
+        keys = seq * (int(prefix.max(initial=0)) + 1) + prefix
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        history_index = rank[inverse]
+        h_seq, h_prefix = seq[first[order]], prefix[first[order]]
+
+        stop = self.histories.offsets[h_seq] + h_prefix
+        start = np.maximum(self.histories.offsets[h_seq], stop - self.max_len)
+        lengths = stop - start  # (H,)
+        # Flat event positions of all H histories: start[h] + 0 .. lengths[h] - 1.
+        shift = np.repeat(start - (np.cumsum(lengths) - lengths), lengths)
+        positions = shift + np.arange(int(lengths.sum()))  # (E,)
+
+        keys_out = [ITEM_KEY]
+        values = [self.histories.items[positions]]
+        if self.histories.categories is not None:
+            keys_out.append(CATEGORY_KEY)
+            values.append(self.histories.categories[positions])
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=keys_out,
+            values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
+            lengths=torch.from_numpy(np.tile(lengths, len(keys_out)).astype(np.int64)),
+        )
+        categories = self.samples.target_category
+        return Batch(
+            history=kjt,
+            history_index=torch.from_numpy(history_index.astype(np.int64)),
+            target_items=torch.from_numpy(self.samples.target_item[rows].astype(np.int64)),
+            target_categories=(
+                None if categories is None else torch.from_numpy(categories[rows].astype(np.int64))
+            ),
+            labels=torch.from_numpy(self.samples.label[rows].astype(np.float32)),
+            user_ids=torch.from_numpy(self.histories.users[seq].astype(np.int64)),
+        )
+
+
+class PairBatchSampler(Sampler[list[int]]):
+    """Yields lists of sample rows that keep each target's positive and negative together.
+
+    Rows 2i and 2i + 1 (a target's pair) always land in the same batch, so they share one history
+    pass. With `shuffle`, pairs are permuted by a generator seeded with ``seed + epoch`` (call
+    `set_epoch`), so a run is reproducible.
+
+    Args:
+        num_samples: rows in the `Samples` (even).
+        batch_size: samples per batch (even).
+        shuffle: permute the pairs each epoch.
+        seed: base seed of the permutation.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, shuffle: bool = False, seed: int = 0) -> None:
+        if batch_size < 2 or batch_size % 2:
+            raise ConfigError(f"batch_size must be an even number >= 2, got {batch_size}")
+        if num_samples % 2:
+            raise ConfigError(f"samples come in positive/negative pairs; got {num_samples} rows")
+        self.num_pairs = num_samples // 2
+        self.pairs_per_batch = batch_size // 2
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.num_pairs // self.pairs_per_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        pairs = np.arange(self.num_pairs)
+        if self.shuffle:
+            pairs = np.random.default_rng(self.seed + self.epoch).permutation(self.num_pairs)
+        for begin in range(0, self.num_pairs, self.pairs_per_batch):
+            chosen = pairs[begin : begin + self.pairs_per_batch]
+            yield np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1).tolist()
+
+
+def make_loader(
+    histories: Histories,
+    samples: Samples,
+    batch_size: int,
+    max_len: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> DataLoader[Batch]:
+    """A DataLoader of `Batch` over `samples`, pairs kept together."""
+    return DataLoader(
+        range(len(samples)),  # type: ignore[arg-type]
+        batch_sampler=PairBatchSampler(len(samples), batch_size, shuffle, seed),
+        collate_fn=Collator(histories, samples, max_len),
+        num_workers=num_workers,
+    )

@@ -1,0 +1,180 @@
+"""Reading and validating click-event logs (Parquet or CSV).
+
+`read_events` is the one entry point for event files: it checks the schema of `cmrec.data.schema`,
+normalises the column types, and returns the events sorted (stably) by user and time. Every problem is
+a `DataValidationError` whose message names the file, the column and the (1-based) data row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cmrec.data.schema import CATEGORY, ID_COLUMNS, ITEM, REQUIRED_COLUMNS, TIMESTAMP, USER
+from cmrec.errors import DataValidationError
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
+
+
+def read_events(path: str | Path) -> pd.DataFrame:
+    """Read, validate and sort an event log.
+
+    Args:
+        path: a ``.parquet`` or ``.csv`` (``.tsv``, optionally gzipped) file.
+
+    Returns:
+        DataFrame with columns ``user_id, item_id, timestamp[, category_id]``; ids are int64 or str,
+        timestamps int64 (date-times become nanoseconds since the epoch) or float64; rows sorted
+        stably by user, then timestamp.
+
+    Raises:
+        DataValidationError: the file is missing, empty, unreadable or breaks the schema.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataValidationError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataValidationError(f"{path}: the file is empty")
+    name = path.name.lower()
+    is_csv = name.endswith(CSV_SUFFIXES)
+    try:
+        if name.endswith(PARQUET_SUFFIXES):
+            frame = pd.read_parquet(path)
+        elif is_csv:
+            sep = "\t" if ".tsv" in name else ","
+            frame = pd.read_csv(path, sep=sep)
+        else:
+            raise DataValidationError(
+                f"{path}: unsupported file type; event logs are .parquet or .csv/.tsv files"
+            )
+    except DataValidationError:
+        raise
+    except Exception as exc:  # pyarrow and the CSV parser raise many types; name the file.
+        raise DataValidationError(f"{path}: cannot be read as an event log: {exc}") from exc
+    return validate_events(frame, source=str(path), header_lines=1 if is_csv else 0)
+
+
+def validate_events(frame: pd.DataFrame, source: str = "<DataFrame>", header_lines: int = 0) -> pd.DataFrame:
+    """Validate an in-memory event table and return it normalised and sorted.
+
+    Args:
+        frame: the raw table.
+        source: what to call it in error messages (a file name).
+        header_lines: lines before the first data row in the source file (1 for CSV), so that
+            messages can also give the file's line number.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        names = ", ".join(repr(c) for c in missing)
+        found = ", ".join(repr(str(c)) for c in frame.columns)
+        raise DataValidationError(f"{source}: missing required column(s) {names}; found: {found}")
+    if len(frame) == 0:
+        raise DataValidationError(f"{source}: no events (the table has a header but no rows)")
+    where = _RowLocator(source, header_lines)
+    columns = [c for c in (USER, ITEM, TIMESTAMP, CATEGORY) if c in frame.columns]
+    out: dict[str, pd.Series] = {}
+    for column in columns:
+        series = frame[column].reset_index(drop=True)
+        nulls = series.isna().to_numpy()
+        if nulls.any():
+            raise DataValidationError(f"{where(column, int(np.argmax(nulls)))}: missing value")
+        if column in ID_COLUMNS:
+            out[column] = _normalise_ids(series, column, where)
+        else:
+            out[column] = _normalise_timestamps(series, where)
+    events = pd.DataFrame(out)
+    user_codes = pd.factorize(events[USER], sort=True)[0]
+    order = np.lexsort((events[TIMESTAMP].to_numpy(), user_codes))  # lexsort is stable
+    return events.iloc[order].reset_index(drop=True)
+
+
+class _RowLocator:
+    """Formats 'file: column 'x', row N (line M)' for error messages."""
+
+    def __init__(self, source: str, header_lines: int) -> None:
+        self.source = source
+        self.header_lines = header_lines
+
+    def __call__(self, column: str, position: int) -> str:
+        row = position + 1
+        line = f" (line {row + self.header_lines})" if self.header_lines else ""
+        return f"{self.source}: column {column!r}, row {row}{line}"
+
+
+def _normalise_ids(series: pd.Series, column: str, where: _RowLocator) -> pd.Series:
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        raise DataValidationError(f"{where(column, 0)}: ids must be integers or strings, not booleans")
+    if pd.api.types.is_integer_dtype(dtype):
+        return series.astype(np.int64)
+    if pd.api.types.is_float_dtype(dtype):
+        values = series.to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            position = int(np.argmax(bad))
+            raise DataValidationError(
+                f"{where(column, position)}: ids must be integers or strings, got {float(values[position])!r}"
+            )
+        return series.astype(np.int64)
+    if isinstance(dtype, pd.StringDtype):
+        return series.astype(str)
+    if pd.api.types.is_string_dtype(dtype):  # object columns may mix types: check each value
+        kinds = series.map(type)
+        bad = ~kinds.isin([str, int, np.int64]).to_numpy()
+        if bad.any():
+            position = int(np.argmax(bad))
+            raise DataValidationError(
+                f"{where(column, position)}: ids must be integers or strings, "
+                f"got {series.iloc[position]!r} ({type(series.iloc[position]).__name__})"
+            )
+        return series.astype(str)
+    raise DataValidationError(f"{where(column, 0)}: ids must be integers or strings, got type {dtype}")
+
+
+def _normalise_timestamps(series: pd.Series, where: _RowLocator) -> pd.Series:
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        raise DataValidationError(f"{where(TIMESTAMP, 0)}: timestamps cannot be booleans")
+    if pd.api.types.is_integer_dtype(dtype):
+        return series.astype(np.int64)
+    if pd.api.types.is_float_dtype(dtype):
+        values = series.to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            position = int(np.argmax(bad))
+            raise DataValidationError(
+                f"{where(TIMESTAMP, position)}: timestamp {float(values[position])!r} is not finite"
+            )
+        return series.astype(np.float64)
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return _datetime_to_ns(series)
+    # Text: epoch numbers written as text, or date-times; a column may not mix the two.
+    text = series.astype(str)
+    numbers = pd.to_numeric(text, errors="coerce")
+    is_number = numbers.notna().to_numpy()
+    if is_number.all():
+        return _normalise_timestamps(numbers, where)
+    parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+    unparseable = ~is_number & parsed.isna().to_numpy()
+    if unparseable.any():
+        position = int(np.argmax(unparseable))
+        raise DataValidationError(
+            f"{where(TIMESTAMP, position)}: cannot parse {series.iloc[position]!r} as a timestamp "
+            "(use epoch numbers or ISO 8601 date-times)"
+        )
+    if is_number.any():
+        position = int(np.argmax(is_number))
+        raise DataValidationError(
+            f"{where(TIMESTAMP, position)}: {series.iloc[position]!r} is an epoch number but other "
+            "rows are date-times; use one kind in a file"
+        )
+    return _datetime_to_ns(parsed)
+
+
+def _datetime_to_ns(series: pd.Series) -> pd.Series:
+    if getattr(series.dt, "tz", None) is None:
+        series = series.dt.tz_localize("UTC")
+    return pd.Series(series.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]").astype(np.int64))

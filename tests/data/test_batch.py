@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torchrec import EmbeddingCollection, EmbeddingConfig
+
+from cmrec.data.batch import Collator, PairBatchSampler, make_loader
+from cmrec.data.dataset import SplitConfig, build_from_events
+from cmrec.data.events import validate_events
+from cmrec.data.samples import Histories, Samples
+from cmrec.errors import ConfigError
+
+
+def _store() -> tuple[Histories, Samples]:
+    histories = Histories(
+        items=np.array([2, 3, 4, 5, 6, 7, 8, 9], dtype=np.int32),
+        categories=np.array([20, 30, 40, 50, 60, 70, 80, 90], dtype=np.int32),
+        offsets=np.array([0, 5, 8]),
+        users=np.array([11, 12]),
+    )
+    samples = Samples(
+        sequence=np.array([0, 0, 1, 1, 0, 0]),
+        prefix_len=np.array([4, 4, 2, 2, 1, 1]),
+        target_item=np.array([6, 9, 9, 2, 3, 5]),
+        target_category=np.array([60, 90, 90, 20, 30, 50]),
+        label=np.array([1, 0, 1, 0, 1, 0], dtype=np.float32),
+    )
+    return histories, samples
+
+
+def test_collate_matches_hand_built_batch() -> None:
+    histories, samples = _store()
+    batch = Collator(histories, samples, max_len=3)([0, 1, 2, 3, 4, 5])
+    assert batch.history.keys() == ["item", "category"]
+    # Sequence 0 prefix 4 -> last 3 of [2, 3, 4, 5]; sequence 1 prefix 2 -> [7, 8]; sequence 0 prefix 1 -> [2].
+    assert [t.tolist() for t in batch.history["item"].to_dense()] == [[3, 4, 5], [7, 8], [2]]
+    assert batch.history["category"].to_dense()[0].tolist() == [30, 40, 50]
+    assert batch.history["item"].lengths().tolist() == [3, 2, 1]
+    assert batch.history_index.tolist() == [0, 0, 1, 1, 2, 2]
+    assert batch.num_histories == 3 and batch.num_samples == 6
+    assert batch.target_items.tolist() == [6, 9, 9, 2, 3, 5]
+    assert batch.target_categories is not None and batch.target_categories.tolist() == [60, 90, 90, 20, 30, 50]
+    assert batch.labels.dtype == torch.float32 and batch.labels.tolist() == [1, 0, 1, 0, 1, 0]
+    assert batch.user_ids.tolist() == [11, 11, 12, 12, 11, 11]
+
+
+def test_histories_are_deduplicated_in_first_appearance_order() -> None:
+    histories, samples = _store()
+    batch = Collator(histories, samples, max_len=10)([2, 0, 3, 1])
+    assert batch.history_index.tolist() == [0, 1, 0, 1]
+    assert batch.history["item"].to_dense()[0].tolist() == [7, 8]
+
+
+def test_empty_history_gives_a_zero_length_row() -> None:
+    histories, samples = _store()
+    empty = Samples(np.array([1, 1]), np.array([0, 0]), np.array([2, 3]), None, np.array([1, 0], np.float32))
+    batch = Collator(histories, empty, max_len=5)([0, 1])
+    assert batch.history["item"].lengths().tolist() == [0]
+    assert batch.history.keys() == ["item", "category"] and batch.target_categories is None
+
+
+def test_pair_sampler_keeps_pairs_and_is_seeded() -> None:
+    sampler = PairBatchSampler(num_samples=20, batch_size=4, shuffle=True, seed=7)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 5
+    for rows in first:
+        assert all(rows[i] % 2 == 0 and rows[i + 1] == rows[i] + 1 for i in range(0, len(rows), 2))
+    assert sorted(r for rows in first for r in rows) == list(range(20))
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    with pytest.raises(ConfigError, match="even number"):
+        PairBatchSampler(10, 3)
+
+
+def test_loader_batches_feed_an_embedding_collection() -> None:
+    frame = pd.DataFrame(
+        {"user_id": np.repeat([1, 2, 3], 8), "item_id": np.arange(24) % 7, "timestamp": np.tile(np.arange(8), 3)}
+    )
+    data = build_from_events(validate_events(frame), SplitConfig(max_len=4, train_targets_per_user=3))
+    loader = make_loader(data.histories, data.train, batch_size=4, max_len=4)
+    batches = list(loader)
+    assert sum(b.num_samples for b in batches) == len(data.train) == 18
+    collection = EmbeddingCollection(
+        tables=[EmbeddingConfig(name="item", embedding_dim=8, num_embeddings=len(data.vocabs.items), feature_names=["item"])]
+    )
+    batch = batches[0].to("cpu")
+    embedded = collection(batch.history)["item"]
+    assert embedded.values().shape == (int(batch.history["item"].lengths().sum()), 8)
+    assert batch.history.keys() == ["item"]  # no category column, no category key
