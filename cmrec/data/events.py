@@ -177,4 +177,6 @@ def _normalise_timestamps(series: pd.Series, where: _RowLocator) -> pd.Series:
 def _datetime_to_ns(series: pd.Series) -> pd.Series:
     if getattr(series.dt, "tz", None) is None:
         series = series.dt.tz_localize("UTC")
-    return pd.Series(series.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]").astype(np.int64))
+    return pd.Series(
+        series.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[ns]").astype(np.int64)
+    )

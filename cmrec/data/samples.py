@@ -190,4 +190,3 @@ def paired_samples(
         target_category=categories,
         label=labels,
     )
-

@@ -21,7 +21,8 @@ The structure, each part a knob of `SyntheticConfig`:
   target is thus a return with probability ``p_return / target_events``.
 
 So a model that forgets the first tenth of a 1,000-click history misses about
-``p_return / target_events`` of the targets; `cmrec.eval.heuristics` measures how much a whole-history look is worth over a recent one.
+``p_return / target_events`` of the targets; `cmrec.eval.heuristics` measures how much a
+whole-history look is worth over a recent one.
 """
 
 from __future__ import annotations
@@ -43,20 +44,35 @@ class SyntheticConfig:
     """Knobs of the generator (see the module docstring); defaults make a 2,000 x 1,000 demo set."""
 
     users: int = field(default=2000, metadata={"help": "number of users"})
-    length: int = field(default=1000, metadata={"help": "history length L of every user (the XLong lines' histories)"})
+    length: int = field(
+        default=1000, metadata={"help": "history length L of every user (the XLong lines' histories)"}
+    )
     items: int = field(default=20000, metadata={"help": "catalogue size"})
     categories: int = field(default=200, metadata={"help": "number of categories"})
     category_skew: float = field(default=1.0, metadata={"help": "Zipf exponent of category popularity"})
-    item_skew: float = field(default=2.0, metadata={"help": "skew of item popularity inside a category (1 = uniform)"})
+    item_skew: float = field(
+        default=2.0, metadata={"help": "skew of item popularity inside a category (1 = uniform)"}
+    )
     long_term_interests: int = field(default=3, metadata={"help": "long-term interest categories per user"})
     mean_session_length: float = field(default=20.0, metadata={"help": "mean clicks per session"})
-    p_long_term: float = field(default=0.45, metadata={"help": "chance that a session is on a long-term interest"})
-    p_drift: float = field(default=0.3, metadata={"help": "chance that a session drifts to a neighbour of the previous one's category"})
+    p_long_term: float = field(
+        default=0.45, metadata={"help": "chance that a session is on a long-term interest"}
+    )
+    p_drift: float = field(
+        default=0.3,
+        metadata={"help": "chance that a session drifts to a neighbour of the previous one's category"},
+    )
     noise: float = field(default=0.1, metadata={"help": "chance that a click is a random popular item"})
-    early_fraction: float = field(default=0.1, metadata={"help": "share of the history in which the dormant interest is active"})
+    early_fraction: float = field(
+        default=0.1, metadata={"help": "share of the history in which the dormant interest is active"}
+    )
     p_early: float = field(default=0.6, metadata={"help": "share of early sessions on the dormant interest"})
-    p_return: float = field(default=0.9, metadata={"help": "chance that a user's dormant interest returns at one of the targets"})
-    target_events: int = field(default=3, metadata={"help": "trailing events that may be the return (train, validation, test)"})
+    p_return: float = field(
+        default=0.9, metadata={"help": "chance that a user's dormant interest returns at one of the targets"}
+    )
+    target_events: int = field(
+        default=3, metadata={"help": "trailing events that may be the return (train, validation, test)"}
+    )
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same data"})
 
     def __post_init__(self) -> None:
@@ -193,9 +209,7 @@ def xlong_rows(log: SyntheticLog, split: str, seed: int = 0) -> tuple[np.ndarray
     return history, positives, negatives
 
 
-def _distinct_from(
-    picks: np.ndarray, taken: np.ndarray, n_cat: int, rng: np.random.Generator
-) -> np.ndarray:
+def _distinct_from(picks: np.ndarray, taken: np.ndarray, n_cat: int, rng: np.random.Generator) -> np.ndarray:
     """Redraw picks (uniformly) until none equals a category in the same row of `taken`."""
     picks = picks.copy()
     while (clash := (picks[:, None] == taken).any(axis=1)).any():

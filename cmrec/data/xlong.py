@@ -94,7 +94,9 @@ def _parse_line(text: str, number: int) -> XLongLine:
     return XLongLine(number, uid, history, pos, neg)
 
 
-def write_xlong(path: str | Path, rows: Iterable[tuple[object, object, Iterable[object], object, object]]) -> int:
+def write_xlong(
+    path: str | Path, rows: Iterable[tuple[object, object, Iterable[object], object, object]]
+) -> int:
     """Write (idx, uid, history, pos_item, neg_item) rows; returns the number of lines."""
     count = 0
     with Path(path).open("w", encoding="utf-8") as handle:

@@ -34,14 +34,22 @@ def test_collate_matches_hand_built_batch() -> None:
     histories, samples = _store()
     batch = Collator(histories, samples, max_len=3)([0, 1, 2, 3, 4, 5])
     assert batch.history.keys() == ["item", "category"]
-    # Sequence 0 prefix 4 -> last 3 of [2, 3, 4, 5]; sequence 1 prefix 2 -> [7, 8]; sequence 0 prefix 1 -> [2].
+    # Sequence 0 prefix 4 -> last 3 of [2, 3, 4, 5]; sequence 1 prefix 2 -> [7, 8];
+    # sequence 0 prefix 1 -> [2].
     assert [t.tolist() for t in batch.history["item"].to_dense()] == [[3, 4, 5], [7, 8], [2]]
     assert batch.history["category"].to_dense()[0].tolist() == [30, 40, 50]
     assert batch.history["item"].lengths().tolist() == [3, 2, 1]
     assert batch.history_index.tolist() == [0, 0, 1, 1, 2, 2]
     assert batch.num_histories == 3 and batch.num_samples == 6
     assert batch.target_items.tolist() == [6, 9, 9, 2, 3, 5]
-    assert batch.target_categories is not None and batch.target_categories.tolist() == [60, 90, 90, 20, 30, 50]
+    assert batch.target_categories is not None and batch.target_categories.tolist() == [
+        60,
+        90,
+        90,
+        20,
+        30,
+        50,
+    ]
     assert batch.labels.dtype == torch.float32 and batch.labels.tolist() == [1, 0, 1, 0, 1, 0]
     assert batch.user_ids.tolist() == [11, 11, 12, 12, 11, 11]
 
@@ -54,7 +62,7 @@ def test_histories_are_deduplicated_in_first_appearance_order() -> None:
 
 
 def test_empty_history_gives_a_zero_length_row() -> None:
-    histories, samples = _store()
+    histories, _ = _store()
     empty = Samples(np.array([1, 1]), np.array([0, 0]), np.array([2, 3]), None, np.array([1, 0], np.float32))
     batch = Collator(histories, empty, max_len=5)([0, 1])
     assert batch.history["item"].lengths().tolist() == [0]
@@ -77,14 +85,22 @@ def test_pair_sampler_keeps_pairs_and_is_seeded() -> None:
 
 def test_loader_batches_feed_an_embedding_collection() -> None:
     frame = pd.DataFrame(
-        {"user_id": np.repeat([1, 2, 3], 8), "item_id": np.arange(24) % 7, "timestamp": np.tile(np.arange(8), 3)}
+        {
+            "user_id": np.repeat([1, 2, 3], 8),
+            "item_id": np.arange(24) % 7,
+            "timestamp": np.tile(np.arange(8), 3),
+        }
     )
     data = build_from_events(validate_events(frame), SplitConfig(max_len=4, train_targets_per_user=3))
     loader = make_loader(data.histories, data.train, batch_size=4, max_len=4)
     batches = list(loader)
     assert sum(b.num_samples for b in batches) == len(data.train) == 18
     collection = EmbeddingCollection(
-        tables=[EmbeddingConfig(name="item", embedding_dim=8, num_embeddings=len(data.vocabs.items), feature_names=["item"])]
+        tables=[
+            EmbeddingConfig(
+                name="item", embedding_dim=8, num_embeddings=len(data.vocabs.items), feature_names=["item"]
+            )
+        ]
     )
     batch = batches[0].to("cpu")
     embedded = collection(batch.history)["item"]

@@ -16,7 +16,11 @@ from cmrec.errors import ConfigError, DataValidationError
 
 def _log(lengths: list[int], n_items: int = 30, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    rows = [(u, int(rng.integers(1, n_items + 1)), t, int(rng.integers(0, 4))) for u, n in enumerate(lengths) for t in range(n)]
+    rows = [
+        (u, int(rng.integers(1, n_items + 1)), t, int(rng.integers(0, 4)))
+        for u, n in enumerate(lengths)
+        for t in range(n)
+    ]
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "category_id"])
     return validate_events(frame)
 
@@ -97,8 +101,13 @@ def test_negatives_are_deterministic_and_popularity_follows_counts() -> None:
     assert not np.array_equal(a.train.target_item, c.train.target_item)
 
     skewed = validate_events(
-        pd.DataFrame({"user_id": np.repeat(np.arange(20), 100), "item_id": np.r_[[1] * 1800, np.arange(2, 202)],
-                      "timestamp": np.tile(np.arange(100), 20)})
+        pd.DataFrame(
+            {
+                "user_id": np.repeat(np.arange(20), 100),
+                "item_id": np.r_[[1] * 1800, np.arange(2, 202)],
+                "timestamp": np.tile(np.arange(100), 20),
+            }
+        )
     )
     pop = build_from_events(skewed, SplitConfig(negatives="popularity", train_targets_per_user=90))
     uni = build_from_events(skewed, SplitConfig(negatives="uniform", train_targets_per_user=90))
@@ -119,7 +128,9 @@ def test_negative_category_is_the_items_category() -> None:
 
 def test_time_split() -> None:
     log = _log([20] * 4)
-    data = build_from_events(log, SplitConfig(strategy="time", valid_cut=10, test_cut=15, train_targets_per_user=3))
+    data = build_from_events(
+        log, SplitConfig(strategy="time", valid_cut=10, test_cut=15, train_targets_per_user=3)
+    )
     assert _targets(data, "test")[1].tolist() == [15] * 4
     assert _targets(data, "valid")[1].tolist() == [10] * 4
     assert _targets(data, "train")[1].tolist() == [7, 8, 9] * 4

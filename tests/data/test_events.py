@@ -52,7 +52,11 @@ def test_integral_float_ids_are_integers() -> None:
         ("item_id", [1, None, 3], "column 'item_id', row 2 (line 3): missing value"),
         ("user_id", [1, 2, None], "column 'user_id', row 3 (line 4): missing value"),
         ("timestamp", [1, 2, "yesterday"], "column 'timestamp', row 3 (line 4): cannot parse 'yesterday'"),
-        ("item_id", [1, 2.5, 3], "column 'item_id', row 2 (line 3): ids must be integers or strings, got 2.5"),
+        (
+            "item_id",
+            [1, 2.5, 3],
+            "column 'item_id', row 2 (line 3): ids must be integers or strings, got 2.5",
+        ),
         ("item_id", [True, False, True], "column 'item_id', row 1 (line 2): ids must be integers or strings"),
     ],
 )

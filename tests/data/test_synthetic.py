@@ -6,8 +6,8 @@ import pytest
 from cmrec.data.dataset import SplitConfig, build_from_events
 from cmrec.data.events import validate_events
 from cmrec.data.synthetic import SyntheticConfig, generate
-from cmrec.eval.heuristics import frequency_auc, frequency_scores
 from cmrec.errors import ConfigError
+from cmrec.eval.heuristics import frequency_auc, frequency_scores
 
 SMALL = SyntheticConfig(users=400, length=300, items=3000, categories=60, seed=11)
 

@@ -16,7 +16,9 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 
 def test_each_line_gives_a_pair_sharing_one_history(tmp_path: Path) -> None:
-    train = _write(tmp_path / "train.txt", ["0\tu1\t5,6,7\t8\t9\textra\tfields", "1\tu2\t6,7\t5\t8", "2\tu3\t\t6\t5"])
+    train = _write(
+        tmp_path / "train.txt", ["0\tu1\t5,6,7\t8\t9\textra\tfields", "1\tu2\t6,7\t5\t8", "2\tu3\t\t6\t5"]
+    )
     test = _write(tmp_path / "test.txt", ["0\tu1\t6,7,8\t42\t5"])
     data = build_from_xlong(train, test, valid_fraction=0.0)
     items = data.vocabs.items
