@@ -17,6 +17,7 @@ from cmrec.errors import CmrecError
 # Subcommand -> pipeline module; later issues add train, evaluate, compare, refresh, score, bench.
 COMMANDS: dict[str, str] = {
     "generate": "pipelines.generate",
+    "bench": "pipelines.bench",
 }
 EXIT_USER_ERROR = 2
 

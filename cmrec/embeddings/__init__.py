@@ -1,0 +1,5 @@
+"""TorchRec embedding tables shared by every model."""
+
+from cmrec.embeddings.tables import ItemEmbeddings
+
+__all__ = ["ItemEmbeddings"]

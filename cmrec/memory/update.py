@@ -1,0 +1,76 @@
+"""The memory update module (paper §3.2, eqs. 1-3): write one segment's features into K slots.
+
+Shape letters: B batch, K slots, N items per segment, Z subspaces; d_m slot width, d_x item width,
+d_model attention width, h = d_model / Z.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cmrec.memory.gru import GroupedGRUCell
+
+
+class MemoryUpdate(nn.Module):
+    """Slot-to-item attention, Z-subspace projections, one GRU per subspace, W_o aggregation.
+
+    eq. 1: alpha_kn = w_a^T tanh(W1a m_k + W2a f_n + b_a); l_k = sum_n softmax_n(alpha_kn) f_n
+    eq. 2: m_kz = W^M_z m_k,  l_kz = W^L_z l_k
+    eq. 3: m'_kz = GRU_z(m_kz, l_kz);  m'_k = W_o [m'_k1; ...; m'_kZ]
+
+    Args:
+        memory_dim: d_m.
+        item_dim: d_x.
+        model_dim: d_model (divisible by `subspaces`).
+        subspaces: Z.
+
+    Example::
+
+        update = MemoryUpdate(memory_dim=64, item_dim=64, model_dim=64, subspaces=4)
+        projected = update.project_items(features)          # hoisted out of the segment loop
+        memory = update(memory, features, projected, mask)  # (B, K, 64)
+    """
+
+    def __init__(self, memory_dim: int, item_dim: int, model_dim: int, subspaces: int) -> None:
+        super().__init__()
+        self.subspaces = subspaces
+        self.slot_attention = nn.Linear(memory_dim, model_dim, bias=False)  # W1a
+        self.item_attention = nn.Linear(item_dim, model_dim)  # W2a and b_a
+        self.attention_score = nn.Linear(model_dim, 1, bias=False)  # w_a
+        self.slot_heads = nn.Linear(memory_dim, model_dim, bias=False)  # W^M_z for all z
+        self.aligned_heads = nn.Linear(item_dim, model_dim, bias=False)  # W^L_z for all z
+        self.gru = GroupedGRUCell(subspaces, model_dim // subspaces, model_dim // subspaces)
+        self.aggregate = nn.Linear(model_dim, memory_dim, bias=False)  # W_o
+
+    def project_items(self, features: torch.Tensor) -> torch.Tensor:
+        """W2a f + b_a for any (..., N, d_x) features; computed once for all segments."""
+        return self.item_attention(features)
+
+    def forward(
+        self, memory: torch.Tensor, features: torch.Tensor, projected: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Write one segment.
+
+        Args:
+            memory: (B, K, d_m) current slots M_t.
+            features: (B, N, d_x) segment features F_t.
+            projected: (B, N, d_model) ``project_items(features)``.
+            mask: (B, N) real items. Rows without any real item return finite values that the
+                caller must discard (`ContinualMemoryMachine` keeps the old memory for them).
+
+        Returns:
+            (B, K, d_m) the updated slots M_{t+1}.
+        """
+        batch, slots, _ = memory.shape
+        hidden = self.slot_attention(memory)  # (B, K, d_model)
+        scores = self.attention_score(
+            torch.tanh(hidden[:, :, None, :] + projected[:, None, :, :])
+        )  # (B, K, N, 1)
+        scores = scores.squeeze(-1).masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1)  # (B, K, N) over items
+        aligned = torch.bmm(weights, features)  # (B, K, d_x) l_k
+        slot_parts = self.slot_heads(memory).view(batch, slots, self.subspaces, -1)  # (B, K, Z, h)
+        aligned_parts = self.aligned_heads(aligned).view(batch, slots, self.subspaces, -1)  # (B, K, Z, h)
+        updated = self.gru(aligned_parts, slot_parts)  # (B, K, Z, h)
+        return self.aggregate(updated.reshape(batch, slots, -1))  # (B, K, d_m)

@@ -1,0 +1,16 @@
+"""Models: Continual Memory and its presets, behind one registry."""
+
+from cmrec.models.cm import ContinualMemoryModel
+from cmrec.models.config import CMConfig
+from cmrec.models.output import ModelOutput
+from cmrec.models.registry import DataSpec, build_model, model_config, model_names
+
+__all__ = [
+    "CMConfig",
+    "ContinualMemoryModel",
+    "DataSpec",
+    "ModelOutput",
+    "build_model",
+    "model_config",
+    "model_names",
+]

@@ -1,0 +1,149 @@
+"""Continual Memory assembled: embeddings -> memory machine G -> reason head R (+ recall model H).
+
+Shape letters: S samples, H histories in the batch, T segments, N items per segment, K slots,
+d_x item width, d_m slot width, P sampled items.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from cmrec.data.batch import ITEM_KEY, Batch
+from cmrec.data.vocab import NUM_RESERVED
+from cmrec.embeddings.tables import ItemEmbeddings
+from cmrec.errors import ConfigError
+from cmrec.heads.reason import ReasonHead
+from cmrec.memory.encoder import SegmentEncoder
+from cmrec.memory.machine import ContinualMemoryMachine
+from cmrec.memory.segments import segment_jagged
+from cmrec.memory.update import MemoryUpdate
+from cmrec.models.config import CMConfig
+from cmrec.models.output import ModelOutput
+from cmrec.recall.model import HistoryRecall
+
+
+class ContinualMemoryModel(nn.Module):
+    """CM for CTR prediction: ``L_cm = λ1·L_item + λ2·L_seq + λ3·L_r``.
+
+    The training forward, incremental refresh (`write`) and scoring (`score`) share one memory
+    update code path. The recall model exists only when λ1 or λ2 is positive and runs only in
+    training mode: evaluation and scoring read nothing but the memory and the candidate.
+
+    Args:
+        config: hyper-parameters (`CMConfig`).
+        embeddings: the item (and category) tables, of width ``config.item_dim``.
+
+    Example::
+
+        model = ContinualMemoryModel(CMConfig(), ItemEmbeddings(num_items=10_000, dim=64))
+        out = model(batch)                        # ModelOutput(logits (S,), losses)
+        memory = model.write(model.initial_memory(B), segment_items, mask)   # (B, K, d_m)
+        logits = model.score(memory, candidates)  # (B,)
+    """
+
+    def __init__(self, config: CMConfig, embeddings: ItemEmbeddings) -> None:
+        super().__init__()
+        if embeddings.dim != config.item_dim:
+            raise ConfigError(f"embeddings are {embeddings.dim} wide, CMConfig.item_dim is {config.item_dim}")
+        self.config = config
+        self.embeddings = embeddings
+        encoder = SegmentEncoder(
+            config.item_dim,
+            config.heads,
+            config.encoder_layers,
+            config.ffn_dim,
+            config.dropout,
+            config.segment_len,
+        )
+        update = MemoryUpdate(config.memory_dim, config.item_dim, config.model_dim, config.subspaces)
+        self.machine = ContinualMemoryMachine(encoder, update, config.slots, config.memory_dim)
+        self.reason = ReasonHead(config.item_dim, config.memory_dim, config.model_dim, config.hops)
+        self.recall: HistoryRecall | None = None
+        if config.uses_recall:
+            self.recall = HistoryRecall(
+                config.item_dim,
+                config.memory_dim,
+                config.heads,
+                config.decoder_layers,
+                config.ffn_dim,
+                config.dropout,
+                config.segment_len,
+                config.fragments,
+                config.mask_ratio,
+                config.replace_ratio,
+                item_loss=config.lambda_item > 0,
+                seq_loss=config.lambda_seq > 0,
+            )
+        self.loss_weights = {"reason": config.lambda_reason}
+        if config.lambda_item > 0:
+            self.loss_weights["item"] = config.lambda_item
+        if config.lambda_seq > 0:
+            self.loss_weights["seq"] = config.lambda_seq
+
+    def initial_memory(self, batch_size: int) -> torch.Tensor:
+        """(B, K, d_m) memory of users without history."""
+        return self.machine.initial_memory(batch_size)
+
+    def write(
+        self,
+        memory: torch.Tensor,
+        segment_items: torch.Tensor,
+        mask: torch.Tensor,
+        segment_categories: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Write whole segments into memories; pure (returns a new tensor).
+
+        Args:
+            memory: (B, K, d_m).
+            segment_items: (B, T, N) or (B, N) item ids, oldest first.
+            mask: same shape, True at real items.
+            segment_categories: category ids of the same shape; each item's own category when None.
+
+        Returns:
+            (B, K, d_m) memory after the segments.
+        """
+        if segment_items.dim() == 2:
+            segment_items, mask = segment_items[:, None], mask[:, None]
+            segment_categories = None if segment_categories is None else segment_categories[:, None]
+        if segment_items.shape != mask.shape or segment_items.shape[-1] != self.config.segment_len:
+            raise ConfigError(
+                f"write expects (B, T, {self.config.segment_len}) items and an equal mask, "
+                f"got {tuple(segment_items.shape)} and {tuple(mask.shape)}"
+            )
+        x = self.embeddings.lookup(segment_items, segment_categories)  # (B, T, N, d_x)
+        return self.machine(memory, x, mask.bool())
+
+    def score(
+        self, memory: torch.Tensor, items: torch.Tensor, categories: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(S, K, d_m) memories and (S,) candidate ids -> (S,) CTR logits."""
+        return self.reason(memory, self.embeddings.lookup(items, categories))
+
+    def build_memory(
+        self, history: KeyedJaggedTensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Memories of jagged histories, plus the segment grid the recall model reads.
+
+        Returns:
+            memory (H, K, d_m), x (H, T, N, d_x), ids (H, T, N), mask (H, T, N).
+        """
+        values, lengths = self.embeddings(history)  # (E, d_x), (H,)
+        x, mask = segment_jagged(values, lengths, self.config.segment_len)
+        ids, _ = segment_jagged(history[ITEM_KEY].values(), lengths, self.config.segment_len)
+        memory = self.machine(self.initial_memory(lengths.numel()), x, mask)
+        return memory, x, ids, mask
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        memory, x, ids, mask = self.build_memory(batch.history)  # one memory per distinct history
+        logits = self.score(memory[batch.history_index], batch.target_items, batch.target_categories)
+        losses = {"reason": functional.binary_cross_entropy_with_logits(logits, batch.labels)}
+        if self.recall is not None and self.training:
+            sampled_ids = torch.randint(
+                NUM_RESERVED, self.embeddings.num_items, (self.config.sampled_items,), device=logits.device
+            )
+            sampled = self.embeddings.lookup(sampled_ids)  # (P, d_x)
+            losses.update(self.recall(memory, x, ids, mask, sampled_ids, sampled))
+        return ModelOutput(logits=logits, losses=losses, weights=dict(self.loss_weights))

@@ -1,0 +1,94 @@
+"""Configuration of the Continual Memory model, with the paper's XLong settings as defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from cmrec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CMConfig:
+    """Continual Memory hyper-parameters (paper §4.1 and §4.5, XLong).
+
+    Args:
+        item_dim: d_x, the item feature width (64).
+        memory_dim: d_m, the slot width (64).
+        model_dim: d_model, the attention / GRU width (64), divisible by `subspaces`.
+        slots: K memory slots (20).
+        segment_len: N items per segment (20).
+        subspaces: Z GRU heads of the memory update (4); 1 is the single-head ablation.
+        encoder_layers: segment encoder layers (3).
+        decoder_layers: recall decoder layers (3).
+        heads: attention heads of encoder and decoder (4).
+        ffn_dim: feed-forward width of encoder and decoder layers. Not given in the paper; 4 x d_x
+            as in the original Transformer.
+        dropout: dropout in encoder and decoder layers. Not given in the paper; 0 by default,
+            because on CPU drawing dropout masks costs about a quarter of a training step at
+            L = 1,000 (measured with `cmrec bench`); 0.1 is the original Transformer's value.
+        fragments: B history fragments per user for the recall losses (5).
+        mask_ratio: masked share of a fragment (0.5).
+        replace_ratio: replaced share of a negative fragment's unmasked items (0.5).
+        sampled_items: contrastive candidates of L_item (200).
+        hops: C attention hops of the reason head (1 for recommendation).
+        lambda_item, lambda_seq, lambda_reason: loss weights (1.0, 0.5, 1.0).
+    """
+
+    item_dim: int = 64
+    memory_dim: int = 64
+    model_dim: int = 64
+    slots: int = 20
+    segment_len: int = 20
+    subspaces: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    heads: int = 4
+    ffn_dim: int = 256
+    dropout: float = 0.0
+    fragments: int = 5
+    mask_ratio: float = 0.5
+    replace_ratio: float = 0.5
+    sampled_items: int = 200
+    hops: int = 1
+    lambda_item: float = 1.0
+    lambda_seq: float = 0.5
+    lambda_reason: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive = (
+            "item_dim memory_dim model_dim slots segment_len subspaces encoder_layers heads ffn_dim "
+            "fragments sampled_items hops"
+        ).split()
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"CMConfig.{name} must be a positive integer, got {value!r}")
+        if self.decoder_layers < 1 and self.uses_recall:
+            raise ConfigError("CMConfig.decoder_layers must be >= 1 when a recall loss is on")
+        if self.model_dim % self.subspaces:
+            raise ConfigError(
+                f"CMConfig.model_dim ({self.model_dim}) must be divisible by subspaces ({self.subspaces})"
+            )
+        if self.item_dim % self.heads:
+            raise ConfigError(
+                f"CMConfig.item_dim ({self.item_dim}) must be divisible by heads ({self.heads})"
+            )
+        for name in ("mask_ratio", "replace_ratio"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ConfigError(f"CMConfig.{name} must be in (0, 1), got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"CMConfig.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("lambda_item", "lambda_seq", "lambda_reason"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"CMConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lambda_reason == 0:
+            raise ConfigError("CMConfig.lambda_reason must be > 0: the CTR head is what CM is trained for")
+
+    @property
+    def uses_recall(self) -> bool:
+        return self.lambda_item > 0 or self.lambda_seq > 0
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

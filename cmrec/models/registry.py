@@ -1,0 +1,92 @@
+"""The model registry: names -> builders. The only place where a model is chosen by a string.
+
+Presets of CM are the paper's Table 1 ablations. Later issues register the baselines here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from cmrec.data.dataset import Vocabularies
+from cmrec.embeddings.tables import ItemEmbeddings
+from cmrec.errors import ConfigError
+from cmrec.models.cm import ContinualMemoryModel
+from cmrec.models.config import CMConfig
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about the data: table sizes and the item -> category map."""
+
+    num_items: int
+    num_categories: int = 0
+    item_category: torch.Tensor | None = None
+
+    @classmethod
+    def from_vocabs(cls, vocabs: Vocabularies) -> DataSpec:
+        categories = vocabs.categories
+        mapping = vocabs.item_category
+        return cls(
+            num_items=len(vocabs.items),
+            num_categories=0 if categories is None else len(categories),
+            item_category=None if mapping is None else torch.as_tensor(mapping, dtype=torch.long),
+        )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its config class, preset values and builder."""
+
+    config_type: type
+    preset: Mapping[str, Any]
+    builder: Callable[[Any, DataSpec], nn.Module]
+    summary: str
+
+
+def _build_cm(config: CMConfig, spec: DataSpec) -> nn.Module:
+    embeddings = ItemEmbeddings(spec.num_items, config.item_dim, spec.num_categories, spec.item_category)
+    return ContinualMemoryModel(config, embeddings)
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    "cm": ModelEntry(CMConfig, {}, _build_cm, "Continual Memory, full (L_item + L_seq + L_r)"),
+    "cm-only-reason": ModelEntry(
+        CMConfig, {"lambda_item": 0.0, "lambda_seq": 0.0}, _build_cm, "CM without recall losses"
+    ),
+    "cm-only-item": ModelEntry(CMConfig, {"lambda_seq": 0.0}, _build_cm, "CM with L_item only"),
+    "cm-only-seq": ModelEntry(CMConfig, {"lambda_item": 0.0}, _build_cm, "CM with L_seq only"),
+    "cm-single-head": ModelEntry(CMConfig, {"subspaces": 1}, _build_cm, "CM with one GRU subspace (Z = 1)"),
+}
+
+
+def model_names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def model_config(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
+    """The config of model `name`: its class defaults, then the preset, then `overrides`."""
+    entry = _entry(name)
+    overrides = dict(overrides or {})
+    known = {f.name for f in fields(entry.config_type)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) for {name!r}: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return replace(entry.config_type(), **{**entry.preset, **overrides})
+
+
+def build_model(name: str, spec: DataSpec, overrides: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build model `name` for data described by `spec`."""
+    return _entry(name).builder(model_config(name, overrides), spec)
+
+
+def _entry(name: str) -> ModelEntry:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+    return REGISTRY[name]

@@ -1,0 +1,65 @@
+"""The training loop: model-agnostic, it sums each model's weighted loss terms.
+
+Models never own optimisers, devices or loops (STYLE.md); the loop never branches on the model type.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmrec.data.batch import Batch
+from cmrec.models.output import ModelOutput
+from cmrec.progress import progress
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Click probabilities of a pass over a data set, with labels and user indices."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    users: np.ndarray
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    desc: str = "train",
+    total: int | None = None,
+) -> dict[str, float]:
+    """One pass of training; returns the sample-weighted mean of each loss term and of the total."""
+    model.train()
+    sums: dict[str, float] = defaultdict(float)
+    seen = 0
+    for batch in progress(batches, desc=desc, unit="batch", total=total):
+        output: ModelOutput = model(batch)
+        loss = output.total()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        size = batch.num_samples
+        seen += size
+        sums["total"] += float(loss.detach()) * size
+        for name, value in output.losses.items():
+            sums[name] += float(value.detach()) * size
+    return {name: value / max(seen, 1) for name, value in sums.items()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable[Batch], desc: str = "predict") -> Predictions:
+    """Click probabilities for every sample, in loader order (evaluation mode)."""
+    model.eval()
+    labels, scores, users = [], [], []
+    for batch in progress(batches, desc=desc, unit="batch"):
+        output: ModelOutput = model(batch)
+        labels.append(batch.labels.cpu().numpy())
+        scores.append(torch.sigmoid(output.logits).cpu().numpy())
+        users.append(batch.user_ids.cpu().numpy())
+    return Predictions(np.concatenate(labels), np.concatenate(scores), np.concatenate(users))

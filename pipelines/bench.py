@@ -1,0 +1,192 @@
+"""`cmrec bench`: measure a model's training step and its parts on this machine; write JSON.
+
+Measures, on generated XLong-style data: forward + backward + Adam step time per batch (mean of
+``--steps`` steps after one warm-up), samples/s, the forward + backward time of each part of CM
+measured separately on the same batch (embeddings, segment encoder, memory update loop, recall
+model, reason head), and FLOPs counted by `torch.utils.flop_counter` (forward + backward, per
+sample). Timings are noisy on shared machines: compare runs made together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cmrec.data import SplitConfig, build_from_events, make_loader, validate_events
+from cmrec.data.batch import Batch
+from cmrec.data.synthetic import SyntheticConfig, generate
+from cmrec.errors import ConfigError
+from cmrec.models import ContinualMemoryModel, DataSpec, build_model, model_names
+from cmrec.models.output import ModelOutput
+
+DESCRIPTION = "Benchmark a model's training step (and CM's parts) on generated data; write JSON."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="cm", choices=model_names(), help="registered model name")
+    parser.add_argument("--length", type=int, default=1000, help="history length L (default 1000)")
+    parser.add_argument("--batch-size", type=int, default=128, help="samples per batch (default 128)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (default 3)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.batch_size < 2 or args.length < 1:
+        raise ConfigError("--steps >= 1, --batch-size >= 2 and --length >= 1 are required")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    users = (args.batch_size // 2) * (args.steps + 1)
+    log = generate(SyntheticConfig(users=users, length=args.length, seed=args.seed))
+    data = build_from_events(validate_events(log.events()), SplitConfig(max_len=args.length))
+    batches = list(make_loader(data.histories, data.train, args.batch_size, args.length))[: args.steps + 1]
+    model = build_model(args.model, DataSpec.from_vocabs(data.vocabs)).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(batch: Batch) -> None:
+        output: ModelOutput = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        output.total().backward()
+        optimizer.step()
+
+    step(batches[0])  # warm-up: allocator, lazy state
+    started = time.perf_counter()
+    for batch in batches[1:]:
+        step(batch)
+    seconds = (time.perf_counter() - started) / args.steps
+    with FlopCounterMode(display=False) as counter:
+        step(batches[1])
+    result: dict[str, Any] = {
+        "model": args.model,
+        "length": args.length,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "step_seconds": round(seconds, 4),
+        "samples_per_second": round(args.batch_size / seconds, 2),
+        "train_flops_per_sample": counter.get_total_flops() / args.batch_size,
+        "train_gflops_per_second": round(counter.get_total_flops() / seconds / 1e9, 2),
+        "matmul_gflops_per_second": _matmul_rate(),
+    }
+    if isinstance(model, ContinualMemoryModel):
+        result["parts"] = _cm_parts(model, batches[1])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    _print(result, args.out)
+    return 0
+
+
+def _matmul_rate(size: int = 1024, repeats: int = 10) -> float:
+    """This machine's float32 matmul rate: the ceiling to compare a model's GFLOP/s with."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return round(2 * size**3 * repeats / (time.perf_counter() - started) / 1e9, 1)
+
+
+def _timed(fn: Callable[[], torch.Tensor], repeats: int = 2) -> tuple[float, int]:
+    """Mean forward + backward seconds of `fn` and its forward + backward FLOPs."""
+    fn().sum().backward()  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn().sum().backward()
+    seconds = (time.perf_counter() - started) / repeats
+    with FlopCounterMode(display=False) as counter:
+        fn().sum().backward()
+    return seconds, counter.get_total_flops()
+
+
+def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, float]]:
+    """Each part's forward + backward, measured alone on this batch's tensors."""
+    from cmrec.memory.segments import segment_jagged
+
+    config = model.config
+    values, lengths = model.embeddings(batch.history)
+    x, mask = segment_jagged(values.detach(), lengths, config.segment_len)
+    ids, _ = segment_jagged(batch.history["item"].values(), lengths, config.segment_len)
+    x = x.requires_grad_()
+    features = model.machine.encoder(x, mask).detach().requires_grad_()
+    memory = model.machine(model.initial_memory(lengths.numel()), x, mask).detach().requires_grad_()
+    initial = model.initial_memory(lengths.numel())
+
+    def update_loop() -> torch.Tensor:
+        projected = model.machine.update.project_items(features)
+        live = mask.any(-1)
+        state = initial
+        for t in range(features.shape[1]):
+            written = model.machine.update(state, features[:, t], projected[:, t], mask[:, t])
+            state = torch.where(live[:, t, None, None], written, state)
+        return state
+
+    parts: dict[str, Callable[[], torch.Tensor]] = {
+        "embeddings": lambda: model.embeddings(batch.history)[0],
+        "encoder": lambda: model.machine.encoder(x, mask),
+        "memory_update": update_loop,
+        "reason_head": lambda: model.score(
+            memory[batch.history_index], batch.target_items, batch.target_categories
+        ),
+    }
+    if model.recall is not None:
+        recall = model.recall
+        sampled_ids = torch.randint(2, model.embeddings.num_items, (config.sampled_items,))
+        sampled = model.embeddings.lookup(sampled_ids).detach()
+
+        def recall_losses() -> torch.Tensor:
+            losses = recall(memory, x, ids, mask, sampled_ids, sampled)
+            return torch.stack(list(losses.values()))
+
+        parts["recall"] = recall_losses
+    measured = {name: _timed(fn) for name, fn in parts.items()}
+    total = sum(seconds for seconds, _ in measured.values())
+    return {
+        name: {
+            "seconds": round(seconds, 4),
+            "share": round(seconds / total, 3),
+            "flops_per_sample": flops / batch.num_samples,
+        }
+        for name, (seconds, flops) in measured.items()
+    }
+
+
+def _print(result: dict[str, Any], out: Path) -> None:
+    print(
+        f"{result['model']}: L={result['length']}, batch {result['batch_size']}: "
+        f"{result['step_seconds']:.3f} s/step (forward + backward + Adam), "
+        f"{result['samples_per_second']:.1f} samples/s, "
+        f"{result['train_flops_per_sample'] / 1e9:.2f} GFLOP/sample, "
+        f"{result['train_gflops_per_second']:.1f} GFLOP/s "
+        f"(matmul alone: {result['matmul_gflops_per_second']:.1f} GFLOP/s)"
+    )
+    for name, part in result.get("parts", {}).items():
+        print(
+            f"  {name:<14} {part['seconds']:.3f} s  {100 * part['share']:5.1f}%  "
+            f"{part['flops_per_sample'] / 1e6:9.1f} MFLOP/sample (forward + backward)"
+        )
+    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cmrec bench", description=DESCRIPTION)
+    add_arguments(parser)
+    from cmrec.cli import run_guarded
+
+    return run_guarded(run, parser.parse_args(argv), "bench")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
