@@ -21,18 +21,25 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cmrec.data import SplitConfig, build_from_events, make_loader, validate_events
+from cmrec.data import HistoryNegatives, SplitConfig, build_from_events, make_loader, validate_events
 from cmrec.data.batch import Batch
+from cmrec.data.dataset import ClickLogData
 from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.errors import ConfigError
 from cmrec.models import ContinualMemoryModel, DataSpec, build_model, model_names
-from cmrec.models.output import ModelOutput
+from cmrec.output import ModelOutput
 
 DESCRIPTION = "Benchmark a model's training step (and CM's parts) on generated data; write JSON."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="cm", choices=model_names(), help="registered model name")
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=["cm"],
+        choices=model_names(),
+        help="registered model name(s); several are measured in one run on the same batches",
+    )
     parser.add_argument("--length", type=int, default=1000, help="history length L (default 1000)")
     parser.add_argument("--batch-size", type=int, default=128, help="samples per batch (default 128)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (default 3)")
@@ -46,12 +53,35 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--steps >= 1, --batch-size >= 2 and --length >= 1 are required")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     users = (args.batch_size // 2) * (args.steps + 1)
     log = generate(SyntheticConfig(users=users, length=args.length, seed=args.seed))
     data = build_from_events(validate_events(log.events()), SplitConfig(max_len=args.length))
-    batches = list(make_loader(data.histories, data.train, args.batch_size, args.length))[: args.steps + 1]
-    model = build_model(args.model, DataSpec.from_vocabs(data.vocabs)).train()
+    runs = [_bench_model(name, data, args) for name in args.model]
+    result = {
+        "length": args.length,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "matmul_gflops_per_second": _matmul_rate(),
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for run_result in runs:
+        _print(run_result, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _bench_model(name: str, data: ClickLogData, args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    model = build_model(name, DataSpec.from_vocabs(data.vocabs)).train()
+    negatives = None
+    if getattr(model, "needs_history_negatives", False):  # a capability the model declares
+        negatives = HistoryNegatives(len(data.vocabs.items), data.vocabs.item_category, args.seed)
+    loader = make_loader(data.histories, data.train, args.batch_size, args.length, negatives=negatives)
+    batches = list(loader)[: args.steps + 1]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(batch: Batch) -> None:
@@ -68,25 +98,15 @@ def run(args: argparse.Namespace) -> int:
     with FlopCounterMode(display=False) as counter:
         step(batches[1])
     result: dict[str, Any] = {
-        "model": args.model,
-        "length": args.length,
-        "batch_size": args.batch_size,
-        "steps": args.steps,
-        "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__,
+        "model": name,
         "step_seconds": round(seconds, 4),
         "samples_per_second": round(args.batch_size / seconds, 2),
         "train_flops_per_sample": counter.get_total_flops() / args.batch_size,
         "train_gflops_per_second": round(counter.get_total_flops() / seconds / 1e9, 2),
-        "matmul_gflops_per_second": _matmul_rate(),
     }
     if isinstance(model, ContinualMemoryModel):
         result["parts"] = _cm_parts(model, batches[1])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    _print(result, args.out)
-    return 0
+    return result
 
 
 def _matmul_rate(size: int = 1024, repeats: int = 10) -> float:
@@ -128,9 +148,10 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
         projected = model.machine.update.project_items(features)
         live = mask.any(-1)
         state = initial
-        for t in range(features.shape[1]):
-            written = model.machine.update(state, features[:, t], projected[:, t], mask[:, t])
-            state = torch.where(live[:, t, None, None], written, state)
+        steps = zip(features.unbind(1), projected.unbind(1), mask.unbind(1), live.unbind(1), strict=True)
+        for features_t, projected_t, mask_t, live_t in steps:
+            written = model.machine.update(state, features_t, projected_t, mask_t)
+            state = torch.where(live_t[:, None, None], written, state)
         return state
 
     parts: dict[str, Callable[[], torch.Tensor]] = {
@@ -163,21 +184,20 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
     }
 
 
-def _print(result: dict[str, Any], out: Path) -> None:
+def _print(result: dict[str, Any], common: dict[str, Any]) -> None:
     print(
-        f"{result['model']}: L={result['length']}, batch {result['batch_size']}: "
+        f"{result['model']}: L={common['length']}, batch {common['batch_size']}: "
         f"{result['step_seconds']:.3f} s/step (forward + backward + Adam), "
         f"{result['samples_per_second']:.1f} samples/s, "
         f"{result['train_flops_per_sample'] / 1e9:.2f} GFLOP/sample, "
         f"{result['train_gflops_per_second']:.1f} GFLOP/s "
-        f"(matmul alone: {result['matmul_gflops_per_second']:.1f} GFLOP/s)"
+        f"(matmul alone: {common['matmul_gflops_per_second']:.1f} GFLOP/s)"
     )
     for name, part in result.get("parts", {}).items():
         print(
             f"  {name:<14} {part['seconds']:.3f} s  {100 * part['share']:5.1f}%  "
             f"{part['flops_per_sample'] / 1e6:9.1f} MFLOP/sample (forward + backward)"
         )
-    print(f"wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,32 +10,19 @@ from cmrec import cli
 
 def test_bench_writes_step_time_parts_and_flops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench" / "cm.json"
-    argv = [
-        "bench",
-        "--model",
-        "cm",
-        "--length",
-        "40",
-        "--batch-size",
-        "8",
-        "--steps",
-        "1",
-        "--out",
-        str(out),
-    ]
-    assert cli.main(argv) == 0
+    argv = ["bench", "--model", "cm", "dien", "--length", "40", "--batch-size", "8", "--steps", "1"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["model"] == "cm" and result["length"] == 40 and result["batch_size"] == 8
-    assert result["step_seconds"] > 0 and result["samples_per_second"] > 0
-    assert set(result["parts"]) == {"embeddings", "encoder", "memory_update", "reason_head", "recall"}
-    assert sum(part["share"] for part in result["parts"].values()) == pytest.approx(1.0, abs=0.01)
-    assert (
-        result["parts"]["encoder"]["flops_per_sample"]
-        > result["parts"]["reason_head"]["flops_per_sample"]
-        > 0
-    )
-    assert result["train_flops_per_sample"] > 0
-    assert "s/step" in capsys.readouterr().out
+    assert result["length"] == 40 and result["batch_size"] == 8 and result["matmul_gflops_per_second"] > 0
+    cm, dien = result["runs"]
+    assert (cm["model"], dien["model"]) == ("cm", "dien")
+    for run in (cm, dien):
+        assert run["step_seconds"] > 0 and run["samples_per_second"] > 0 and run["train_flops_per_sample"] > 0
+    assert set(cm["parts"]) == {"embeddings", "encoder", "memory_update", "reason_head", "recall"}
+    assert sum(part["share"] for part in cm["parts"].values()) == pytest.approx(1.0, abs=0.01)
+    assert cm["parts"]["encoder"]["flops_per_sample"] > cm["parts"]["reason_head"]["flops_per_sample"] > 0
+    assert "parts" not in dien
+    assert capsys.readouterr().out.count("s/step") == 2
 
 
 def test_bench_refuses_bad_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

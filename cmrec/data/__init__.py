@@ -1,6 +1,6 @@
 """Data layer: event logs and XLong files to samples and TorchRec batches."""
 
-from cmrec.data.batch import Batch, Collator, PairBatchSampler, make_loader
+from cmrec.data.batch import Batch, Collator, HistoryNegatives, PairBatchSampler, make_loader
 from cmrec.data.dataset import ClickLogData, SplitConfig, Vocabularies, build_from_events
 from cmrec.data.events import read_events, validate_events
 from cmrec.data.samples import Histories, NegativeSampler, Samples
@@ -12,6 +12,7 @@ __all__ = [
     "ClickLogData",
     "Collator",
     "Histories",
+    "HistoryNegatives",
     "NegativeSampler",
     "PairBatchSampler",
     "Samples",

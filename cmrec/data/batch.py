@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from cmrec.data.samples import Histories, Samples
+from cmrec.data.vocab import NUM_RESERVED
 from cmrec.errors import ConfigError
 
 ITEM_KEY = "item"
@@ -37,6 +38,9 @@ class Batch:
         target_categories: (S,) int64 category index of each candidate, or None.
         labels: (S,) float32 click labels.
         user_ids: (S,) int64 user index of each sample (for GAUC and the memory store).
+        history_negatives: KJT like `history` (same keys and lengths) holding, for every history
+            event, a sampled item that the user did not click there (and its category); only
+            when the loader was asked for them (DIEN's auxiliary loss), else None.
     """
 
     history: KeyedJaggedTensor
@@ -45,6 +49,7 @@ class Batch:
     target_categories: torch.Tensor | None
     labels: torch.Tensor
     user_ids: torch.Tensor
+    history_negatives: KeyedJaggedTensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -65,7 +70,30 @@ class Batch:
             target_categories=move(self.target_categories),
             labels=self.labels.to(device, non_blocking=non_blocking),
             user_ids=self.user_ids.to(device, non_blocking=non_blocking),
+            history_negatives=(
+                None
+                if self.history_negatives is None
+                else self.history_negatives.to(torch.device(device), non_blocking=non_blocking)
+            ),
         )
+
+
+@dataclass(frozen=True)
+class HistoryNegatives:
+    """Asks a loader for one sampled negative item per history event (DIEN's auxiliary loss).
+
+    Negatives are uniform over known items (index >= 2), never the event's own item; their
+    category is the item's (`item_category`), when the data has categories.
+
+    Args:
+        num_items: rows of the item vocabulary.
+        item_category: (num_items,) category index per item, or None without categories.
+        seed: seeds the draws; a loader's batches are then reproducible.
+    """
+
+    num_items: int
+    item_category: np.ndarray | None = None
+    seed: int = 0
 
 
 class Collator:
@@ -75,14 +103,23 @@ class Collator:
         histories: the stored histories.
         samples: the sample rows the indices refer to.
         max_len: keep only the last `max_len` events of each history.
+        negatives: also sample one negative item per history event (see `HistoryNegatives`).
     """
 
-    def __init__(self, histories: Histories, samples: Samples, max_len: int) -> None:
+    def __init__(
+        self,
+        histories: Histories,
+        samples: Samples,
+        max_len: int,
+        negatives: HistoryNegatives | None = None,
+    ) -> None:
         if max_len < 1:
             raise ConfigError(f"max_len must be >= 1, got {max_len}")
         self.histories = histories
         self.samples = samples
         self.max_len = max_len
+        self.negatives = negatives
+        self._rng = np.random.default_rng(negatives.seed if negatives else 0)
 
     def __call__(self, indices: Sequence[int] | np.ndarray) -> Batch:
         rows = np.asarray(indices, dtype=np.int64)
@@ -109,11 +146,10 @@ class Collator:
         if self.histories.categories is not None:
             keys_out.append(CATEGORY_KEY)
             values.append(self.histories.categories[positions])
-        kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=keys_out,
-            values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
-            lengths=torch.from_numpy(np.tile(lengths, len(keys_out)).astype(np.int64)),
-        )
+        kjt = _jagged(keys_out, values, lengths)
+        negatives_kjt = None
+        if self.negatives is not None:
+            negatives_kjt = _jagged(keys_out, self._sample_negatives(values[0], len(keys_out) > 1), lengths)
         categories = self.samples.target_category
         return Batch(
             history=kjt,
@@ -124,7 +160,28 @@ class Collator:
             ),
             labels=torch.from_numpy(self.samples.label[rows].astype(np.float32)),
             user_ids=torch.from_numpy(self.histories.users[seq].astype(np.int64)),
+            history_negatives=negatives_kjt,
         )
+
+    def _sample_negatives(self, items: np.ndarray, with_categories: bool) -> list[np.ndarray]:
+        assert self.negatives is not None
+        spec = self.negatives
+        drawn = self._rng.integers(NUM_RESERVED, spec.num_items, size=len(items))
+        while (clash := drawn == items).any():
+            drawn[clash] = self._rng.integers(NUM_RESERVED, spec.num_items, size=int(clash.sum()))
+        if not with_categories:
+            return [drawn]
+        if spec.item_category is None:
+            raise ConfigError("history negatives of data with categories need item_category")
+        return [drawn, spec.item_category[drawn]]
+
+
+def _jagged(keys: list[str], values: list[np.ndarray], lengths: np.ndarray) -> KeyedJaggedTensor:
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=keys,
+        values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
+        lengths=torch.from_numpy(np.tile(lengths, len(keys)).astype(np.int64)),
+    )
 
 
 class PairBatchSampler(Sampler[list[int]]):
@@ -175,11 +232,12 @@ def make_loader(
     shuffle: bool = False,
     seed: int = 0,
     num_workers: int = 0,
+    negatives: HistoryNegatives | None = None,
 ) -> DataLoader[Batch]:
     """A DataLoader of `Batch` over `samples`, pairs kept together."""
     return DataLoader(
         range(len(samples)),  # type: ignore[arg-type]
         batch_sampler=PairBatchSampler(len(samples), batch_size, shuffle, seed),
-        collate_fn=Collator(histories, samples, max_len),
+        collate_fn=Collator(histories, samples, max_len, negatives),
         num_workers=num_workers,
     )

@@ -107,6 +107,18 @@ class Samples:
             label=self.label[rows],
         )
 
+    @staticmethod
+    def concat(parts: list[Samples]) -> Samples:
+        """The rows of several `Samples`, one after the other."""
+        categories = [p.target_category for p in parts if p.target_category is not None]
+        return Samples(
+            sequence=np.concatenate([p.sequence for p in parts]),
+            prefix_len=np.concatenate([p.prefix_len for p in parts]),
+            target_item=np.concatenate([p.target_item for p in parts]),
+            target_category=np.concatenate(categories) if len(categories) == len(parts) else None,
+            label=np.concatenate([p.label for p in parts]),
+        )
+
 
 Sampling = Literal["uniform", "popularity"]
 

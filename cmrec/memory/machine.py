@@ -57,7 +57,9 @@ class ContinualMemoryMachine(nn.Module):
         features = self.encoder(x, mask)  # (B, T, N, d_x), one call for all segments
         projected = self.update.project_items(features)  # (B, T, N, d_model)
         live = mask.any(dim=-1)  # (B, T) segments with at least one item
-        for t in range(x.shape[1]):  # sequential over segments only
-            written = self.update(memory, features[:, t], projected[:, t], mask[:, t])
-            memory = torch.where(live[:, t, None, None], written, memory)
+        # unbind once: indexing [:, t] in the loop would give each step's backward a whole-size gradient.
+        steps = zip(features.unbind(1), projected.unbind(1), mask.unbind(1), live.unbind(1), strict=True)
+        for features_t, projected_t, mask_t, live_t in steps:  # sequential over segments only
+            written = self.update(memory, features_t, projected_t, mask_t)
+            memory = torch.where(live_t[:, None, None], written, memory)
         return memory

@@ -2,8 +2,8 @@
 
 from cmrec.models.cm import ContinualMemoryModel
 from cmrec.models.config import CMConfig
-from cmrec.models.output import ModelOutput
 from cmrec.models.registry import DataSpec, build_model, model_config, model_names
+from cmrec.output import ModelOutput
 
 __all__ = [
     "CMConfig",

@@ -21,7 +21,7 @@ from cmrec.memory.machine import ContinualMemoryMachine
 from cmrec.memory.segments import segment_jagged
 from cmrec.memory.update import MemoryUpdate
 from cmrec.models.config import CMConfig
-from cmrec.models.output import ModelOutput
+from cmrec.output import ModelOutput
 from cmrec.recall.model import HistoryRecall
 
 

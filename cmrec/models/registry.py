@@ -1,6 +1,6 @@
 """The model registry: names -> builders. The only place where a model is chosen by a string.
 
-Presets of CM are the paper's Table 1 ablations. Later issues register the baselines here.
+Presets of CM are the paper's Table 1 ablations; the end-to-end baselines sit beside them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from cmrec.baselines.avg_pool import AvgPoolConfig, AvgPoolModel
+from cmrec.baselines.dien import DIENConfig, DIENModel
+from cmrec.baselines.gru4rec import GRU4RecConfig, GRU4RecModel
 from cmrec.data.dataset import Vocabularies
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
@@ -48,9 +51,24 @@ class ModelEntry:
     summary: str
 
 
+def _embeddings(spec: DataSpec, dim: int) -> ItemEmbeddings:
+    return ItemEmbeddings(spec.num_items, dim, spec.num_categories, spec.item_category)
+
+
 def _build_cm(config: CMConfig, spec: DataSpec) -> nn.Module:
-    embeddings = ItemEmbeddings(spec.num_items, config.item_dim, spec.num_categories, spec.item_category)
-    return ContinualMemoryModel(config, embeddings)
+    return ContinualMemoryModel(config, _embeddings(spec, config.item_dim))
+
+
+def _build_dien(config: DIENConfig, spec: DataSpec) -> nn.Module:
+    return DIENModel(config, _embeddings(spec, config.item_dim))
+
+
+def _build_gru4rec(config: GRU4RecConfig, spec: DataSpec) -> nn.Module:
+    return GRU4RecModel(config, _embeddings(spec, config.item_dim))
+
+
+def _build_avg_pool(config: AvgPoolConfig, spec: DataSpec) -> nn.Module:
+    return AvgPoolModel(config, _embeddings(spec, config.item_dim))
 
 
 REGISTRY: dict[str, ModelEntry] = {
@@ -61,6 +79,9 @@ REGISTRY: dict[str, ModelEntry] = {
     "cm-only-item": ModelEntry(CMConfig, {"lambda_seq": 0.0}, _build_cm, "CM with L_item only"),
     "cm-only-seq": ModelEntry(CMConfig, {"lambda_item": 0.0}, _build_cm, "CM with L_seq only"),
     "cm-single-head": ModelEntry(CMConfig, {"subspaces": 1}, _build_cm, "CM with one GRU subspace (Z = 1)"),
+    "dien": ModelEntry(DIENConfig, {}, _build_dien, "DIEN: GRU extractor + auxiliary loss + AUGRU"),
+    "gru4rec": ModelEntry(GRU4RecConfig, {}, _build_gru4rec, "GRU4REC as a CTR model"),
+    "avg-pool": ModelEntry(AvgPoolConfig, {}, _build_avg_pool, "mean-pooled history + MLP (the floor)"),
 }
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cmrec.data.batch import Batch
-from cmrec.models.output import ModelOutput
+from cmrec.output import ModelOutput
 from cmrec.progress import progress
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchrec import EmbeddingCollection, EmbeddingConfig
 
-from cmrec.data.batch import Collator, PairBatchSampler, make_loader
+from cmrec.data.batch import Collator, HistoryNegatives, PairBatchSampler, make_loader
 from cmrec.data.dataset import SplitConfig, build_from_events
 from cmrec.data.events import validate_events
 from cmrec.data.samples import Histories, Samples
@@ -106,3 +106,19 @@ def test_loader_batches_feed_an_embedding_collection() -> None:
     embedded = collection(batch.history)["item"]
     assert embedded.values().shape == (int(batch.history["item"].lengths().sum()), 8)
     assert batch.history.keys() == ["item"]  # no category column, no category key
+
+
+def test_history_negatives_are_aligned_other_items_with_their_categories() -> None:
+    histories, samples = _store()
+    item_category = np.arange(12) * 10
+    collate = Collator(histories, samples, max_len=3, negatives=HistoryNegatives(12, item_category, seed=1))
+    batch = collate([0, 1, 2, 3])
+    negatives = batch.history_negatives
+    assert negatives is not None and negatives.keys() == ["item", "category"]
+    assert negatives["item"].lengths().tolist() == batch.history["item"].lengths().tolist()
+    drawn, real = negatives["item"].values(), batch.history["item"].values()
+    assert (drawn != real).all() and (drawn >= 2).all() and (drawn < 12).all()
+    assert negatives["category"].values().tolist() == (drawn * 10).tolist()
+    again = Collator(histories, samples, max_len=3, negatives=HistoryNegatives(12, item_category, seed=1))
+    assert again([0, 1, 2, 3]).history_negatives["item"].values().tolist() == drawn.tolist()  # type: ignore[index]
+    assert Collator(histories, samples, max_len=3)([0, 1]).history_negatives is None
