@@ -10,11 +10,15 @@ WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 export MLFLOW_DISABLE_TELEMETRY := true
 
-# `make demo` knobs: a larger run is `make demo USERS=20000 LENGTH=1000`.
+# `make demo` knobs: a larger run is `make demo USERS=20000 LENGTH=1000 EPOCHS=10`.
 USERS ?= 2000
-LENGTH ?= 1000
+LENGTH ?= 500
+EPOCHS ?= 3
 SEED ?= 0
 DEMO_DIR ?= data/demo
+DEMO_RUNS ?= runs/demo
+DEMO_MODELS ?= cm cm-only-reason dien gru4rec avg-pool
+EXPERIMENT ?= demo
 
 .PHONY: venv test lint typecheck pytest demo lock clean
 
@@ -44,12 +48,20 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# Generate XLong-style data, train every demo model on it, print the comparison table.
 demo: $(STAMP)
 	$(VENV)/bin/cmrec generate --users $(USERS) --length $(LENGTH) --seed $(SEED) --out $(DEMO_DIR) --overwrite
+	for model in $(DEMO_MODELS); do \
+		$(VENV)/bin/cmrec train --model $$model --events $(DEMO_DIR)/events.parquet --max-len $(LENGTH) \
+			--epochs $(EPOCHS) --seed $(SEED) --experiment $(EXPERIMENT) --out $(DEMO_RUNS)/$$model-seed$(SEED) \
+			|| exit 1; \
+	done
+	$(VENV)/bin/cmrec compare --experiment $(EXPERIMENT)
+	@echo "MLflow store: $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} (experiment $(EXPERIMENT)); run folders in $(DEMO_RUNS)/"
 
 # Re-resolve the stack and rewrite requirements/cpu.lock (needs the package registry).
 lock:
 	$(PYTHON) requirements/make_lock.py
 
 clean:
-	rm -rf $(VENV) data/demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_RUNS) .pytest_cache .mypy_cache .ruff_cache

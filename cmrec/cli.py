@@ -14,9 +14,12 @@ from collections.abc import Callable
 
 from cmrec.errors import CmrecError
 
-# Subcommand -> pipeline module; later issues add train, evaluate, compare, refresh, score, bench.
+# Subcommand -> pipeline module; later issues add refresh and score.
 COMMANDS: dict[str, str] = {
     "generate": "pipelines.generate",
+    "train": "pipelines.train",
+    "evaluate": "pipelines.evaluate",
+    "compare": "pipelines.compare",
     "bench": "pipelines.bench",
 }
 EXIT_USER_ERROR = 2

@@ -1,0 +1,53 @@
+"""Run checkpoints: weights, config and vocabularies in one file that `torch.load(weights_only=True)`
+reads (plain dicts, lists, strings, numbers and tensors only)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cmrec.data.dataset import Vocabularies
+from cmrec.errors import CmrecError
+from cmrec.models.registry import DataSpec, build_model, model_config
+
+FORMAT = 1
+CHECKPOINT = "checkpoint.pt"
+
+
+def save_checkpoint(
+    path: Path, name: str, config: Any, model: nn.Module, vocabs: Vocabularies, extra: dict[str, Any]
+) -> None:
+    payload = {
+        "format": FORMAT,
+        "model": name,
+        "config": {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(config).items()},
+        "state_dict": model.state_dict(),
+        "vocabs": vocabs.to_dict(),
+        "extra": extra,
+    }
+    scratch = path.with_suffix(".tmp")
+    torch.save(payload, scratch)
+    scratch.replace(path)  # never a half-written checkpoint
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, Vocabularies, dict[str, Any]]:
+    """Rebuild the model of a run; returns (model in eval mode, vocabularies, the payload)."""
+    if not path.is_file():
+        raise CmrecError(f"{path}: no checkpoint (is this a run folder written by `cmrec train`?)")
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise CmrecError(f"{path}: cannot read the checkpoint: {exc}") from exc
+    if payload.get("format") != FORMAT:
+        raise CmrecError(f"{path}: checkpoint format {payload.get('format')!r}, expected {FORMAT}")
+    vocabs = Vocabularies.from_dict(payload["vocabs"])
+    defaults = model_config(payload["model"])
+    tuple_fields = {f.name for f in fields(defaults) if isinstance(getattr(defaults, f.name), tuple)}
+    config = {k: tuple(v) if k in tuple_fields else v for k, v in payload["config"].items()}
+    model = build_model(payload["model"], DataSpec.from_vocabs(vocabs), config)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), vocabs, payload

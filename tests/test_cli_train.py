@@ -1,0 +1,126 @@
+"""`cmrec train`, `evaluate` and `compare` end to end on tiny data, with a throw-away MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmrec import cli
+
+TINY_DATA = ["--dataset", "xlong-synthetic", "--synthetic-users", "60", "--synthetic-length", "24"]
+TINY_DATA += ["--max-len", "24", "--train-targets-per-user", "2", "--batch-size", "32"]
+CM_CONFIG = """
+item_dim: 8
+memory_dim: 8
+model_dim: 8
+slots: 3
+segment_len: 4
+subspaces: 2
+encoder_layers: 1
+decoder_layers: 1
+heads: 2
+ffn_dim: 16
+sampled_items: 10
+"""
+
+
+@pytest.fixture(autouse=True)
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def test_train_writes_a_run_folder_evaluate_and_compare_read_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "cm.yaml"
+    config.write_text(CM_CONFIG)
+    for seed in (0, 1):
+        argv = ["train", "--model", "cm", *TINY_DATA, "--epochs", "2", "--seed", str(seed)]
+        assert cli.main([*argv, "--config", str(config), "--out", str(tmp_path / f"run{seed}")]) == 0
+    assert "test AUC" in capsys.readouterr().out
+    run = tmp_path / "run0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"] == "cm" and set(metrics["test"]) == {"auc", "gauc", "logloss"}
+    assert 0.0 <= metrics["test"]["auc"] <= 1.0 and len(metrics["epochs"]) >= 1
+    assert {"reason", "item", "seq", "total"} <= set(metrics["epochs"][0]["train"])
+    assert metrics["memory_bytes_per_user"] == 3 * 8 * 4
+    for plot in ("losses.png", "roc.png", "forgetting.png"):
+        assert (run / plot).stat().st_size > 1000
+    payload = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert payload["model"] == "cm" and payload["config"]["slots"] == 3
+
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--users",
+                "20",
+                "--length",
+                "24",
+                "--items",
+                "300",
+                "--categories",
+                "12",
+                "--out",
+                str(tmp_path / "other"),
+            ]
+        )
+        == 0
+    )
+    events = tmp_path / "other" / "events.parquet"
+    assert cli.main(["evaluate", "--run", str(run), "--events", str(events), "--max-len", "24"]) == 0
+    evaluation = json.loads((run / "evaluation-events.parquet.json").read_text())
+    assert evaluation["samples"] == 40 and 0.0 <= evaluation["test"]["auc"] <= 1.0
+
+    capsys.readouterr()
+    assert cli.main(["compare", "--format", "csv"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("model,data,runs,auc,gauc,logloss,samples/s,bytes/user")
+    assert table[1].startswith("cm,xlong-synthetic-60x24,2,") and "±" in table[1]
+
+
+def test_same_seed_same_result(tmp_path: Path) -> None:
+    results = []
+    for name in ("a", "b"):
+        argv = ["train", "--model", "gru4rec", *TINY_DATA, "--epochs", "1", "--no-mlflow"]
+        assert cli.main([*argv, "--out", str(tmp_path / name)]) == 0
+        results.append(json.loads((tmp_path / name / "metrics.json").read_text())["test"])
+    assert results[0] == results[1]
+
+
+def test_dien_trains_with_pipeline_negatives(tmp_path: Path) -> None:
+    argv = [
+        "train",
+        "--model",
+        "dien",
+        *TINY_DATA,
+        "--epochs",
+        "1",
+        "--no-mlflow",
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    assert cli.main(argv) == 0
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert {"ctr", "aux"} <= set(metrics["epochs"][0]["train"])
+
+
+def test_bad_inputs_fail_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("slot: 3\n")
+    argv = ["train", "--model", "cm", *TINY_DATA, "--no-mlflow", "--out", str(tmp_path / "r")]
+    assert cli.main([*argv, "--config", str(bad)]) == 2
+    assert "unknown config key(s) for 'cm': slot" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+    assert cli.main(["train", "--model", "cm", "--no-mlflow", "--out", str(tmp_path / "r")]) == 2
+    assert "exactly one data source" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--run", str(tmp_path / "nothing"), "--events", "x.parquet"]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    assert cli.main(["compare", "--experiment", "empty"]) == 2
+    assert "no finished runs" in capsys.readouterr().err
