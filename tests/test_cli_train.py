@@ -124,3 +124,83 @@ def test_bad_inputs_fail_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "no such run folder" in capsys.readouterr().err
     assert cli.main(["compare", "--experiment", "empty"]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_mlflow_run_and_evaluate_reproduce_train(tmp_path: Path, mlflow_store: str) -> None:
+    import mlflow
+
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--users",
+                "60",
+                "--length",
+                "24",
+                "--items",
+                "300",
+                "--categories",
+                "12",
+                "--out",
+                str(tmp_path / "data"),
+            ]
+        )
+        == 0
+    )
+    events = tmp_path / "data" / "events.parquet"
+    run = tmp_path / "run"
+    argv = ["train", "--model", "gru4rec", "--events", str(events), "--max-len", "24", "--epochs", "1"]
+    assert cli.main([*argv, "--experiment", "t", "--out", str(run)]) == 0
+    trained = json.loads((run / "metrics.json").read_text())["test"]
+
+    assert cli.main(["evaluate", "--run", str(run), "--events", str(events), "--max-len", "24"]) == 0
+    evaluated = json.loads((run / "evaluation-events.parquet.json").read_text())["test"]
+    assert evaluated == pytest.approx(trained, abs=1e-9)
+
+    mlflow.set_tracking_uri(mlflow_store)
+    experiment = mlflow.get_experiment_by_name("t")
+    assert experiment is not None
+    runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="list")
+    assert len(runs) == 1
+    logged = runs[0]
+    assert logged.data.params["model"] == "gru4rec" and logged.data.params["config.hidden"] == "64"
+    assert logged.data.metrics["test_auc"] == pytest.approx(trained["auc"])
+    assert "train_ctr" in logged.data.metrics and "valid_auc" in logged.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(logged.info.run_id)}
+    assert {"metrics.json", "losses.png", "roc.png", "forgetting.png"} <= artifacts
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path: Path) -> None:
+    from cmrec.data import SplitConfig, build_from_events, make_loader, validate_events
+    from cmrec.data.synthetic import SyntheticConfig, generate
+    from cmrec.models import DataSpec, build_model, model_config
+    from cmrec.train.checkpoint import load_checkpoint, save_checkpoint
+
+    log = generate(SyntheticConfig(users=20, length=24, items=200, categories=8))
+    data = build_from_events(validate_events(log.events()), SplitConfig(max_len=24))
+    overrides = {
+        "item_dim": 8,
+        "memory_dim": 8,
+        "model_dim": 8,
+        "slots": 3,
+        "segment_len": 4,
+        "heads": 2,
+        "subspaces": 2,
+        "ffn_dim": 16,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+    }
+    model = build_model("cm", DataSpec.from_vocabs(data.vocabs), overrides).eval()
+    save_checkpoint(tmp_path / "c.pt", "cm", model_config("cm", overrides), model, data.vocabs, {})
+    loaded, vocabs, payload = load_checkpoint(tmp_path / "c.pt")
+    batch = next(iter(make_loader(data.histories, data.test, 16, 24)))
+    torch.testing.assert_close(loaded(batch).logits, model(batch).logits, rtol=0, atol=0)
+    assert vocabs.items == data.vocabs.items and payload["model"] == "cm"
+
+
+def test_missing_data_file_writes_no_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "never"
+    argv = ["train", "--model", "avg-pool", "--events", str(tmp_path / "missing.parquet"), "--out", str(out)]
+    assert cli.main(argv) == 2
+    assert "missing.parquet: no such file" in capsys.readouterr().err
+    assert not out.exists()
