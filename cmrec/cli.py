@@ -55,5 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded(args._run, args, args.command)
 
 
+def run_pipeline(command: str, argv: list[str] | None = None) -> int:
+    """A pipeline module's own ``main(argv)``: the same as ``cmrec COMMAND ARGV``."""
+    return main([command, *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,13 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cmrec.data import HistoryNegatives, SplitConfig, build_from_events, make_loader, validate_events
+from cmrec.data import (
+    HistoryNegatives,
+    SplitConfig,
+    build_from_events,
+    make_loader,
+    validate_events,
+)
 from cmrec.data.batch import Batch
 from cmrec.data.dataset import ClickLogData
 from cmrec.data.synthetic import SyntheticConfig, generate
@@ -148,7 +154,13 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
         projected = model.machine.update.project_items(features)
         live = mask.any(-1)
         state = initial
-        steps = zip(features.unbind(1), projected.unbind(1), mask.unbind(1), live.unbind(1), strict=True)
+        steps = zip(
+            features.unbind(1),
+            projected.unbind(1),
+            mask.unbind(1),
+            live.unbind(1),
+            strict=True,
+        )
         for features_t, projected_t, mask_t, live_t in steps:
             written = model.machine.update(state, features_t, projected_t, mask_t)
             state = torch.where(live_t[:, None, None], written, state)
@@ -201,11 +213,9 @@ def _print(result: dict[str, Any], common: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cmrec bench", description=DESCRIPTION)
-    add_arguments(parser)
-    from cmrec.cli import run_guarded
+    from cmrec.cli import run_pipeline
 
-    return run_guarded(run, parser.parse_args(argv), "bench")
+    return run_pipeline("bench", argv)
 
 
 if __name__ == "__main__":

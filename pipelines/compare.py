@@ -27,8 +27,17 @@ COLUMNS = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default cmrec)")
-    parser.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="output format")
+    parser.add_argument(
+        "--experiment",
+        default=DEFAULT_EXPERIMENT,
+        help="MLflow experiment (default cmrec)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("markdown", "csv"),
+        default="markdown",
+        help="output format",
+    )
 
 
 def comparison(runs: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
         print(table.to_csv(index=False), end="")
     else:
         print(_markdown(table))
-    print(f"\n{len(runs)} runs from {tracking_uri()}, experiment {args.experiment!r}", file=sys.stderr)
+    print(
+        f"\n{len(runs)} runs from {tracking_uri()}, experiment {args.experiment!r}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -79,11 +91,9 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cmrec compare", description=DESCRIPTION)
-    add_arguments(parser)
-    from cmrec.cli import run_guarded
+    from cmrec.cli import run_pipeline
 
-    return run_guarded(run, parser.parse_args(argv), "compare")
+    return run_pipeline("compare", argv)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     predictions = predict(model, loader, desc="evaluate")
     metrics = ctr_metrics(predictions.labels, predictions.scores, predictions.users)
     buckets = bucket_aucs(
-        evidence_buckets(data.histories, data.test, data.max_len), predictions.labels, predictions.scores
+        evidence_buckets(data.histories, data.test, data.max_len),
+        predictions.labels,
+        predictions.scores,
     )
     result = {
         "model": payload["model"],
@@ -61,11 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cmrec evaluate", description=DESCRIPTION)
-    add_arguments(parser)
-    from cmrec.cli import run_guarded
+    from cmrec.cli import run_pipeline
 
-    return run_guarded(run, parser.parse_args(argv), "evaluate")
+    return run_pipeline("evaluate", argv)
 
 
 if __name__ == "__main__":

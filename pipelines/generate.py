@@ -120,7 +120,11 @@ def _log_statistics(events: pd.DataFrame, name: str) -> dict[str, Any]:
         "items": int(events["item_id"].nunique()),
         "categories": int(events["category_id"].nunique()),
         "events": len(events),
-        "sequence_length": {"min": int(lengths.min()), **percentiles, "max": int(lengths.max())},
+        "sequence_length": {
+            "min": int(lengths.min()),
+            **percentiles,
+            "max": int(lengths.max()),
+        },
     }
 
 
@@ -155,11 +159,9 @@ def _print_summary(summary: dict[str, Any], seconds: float, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cmrec generate", description=DESCRIPTION)
-    add_arguments(parser)
-    from cmrec.cli import run_guarded
+    from cmrec.cli import run_pipeline
 
-    return run_guarded(run, parser.parse_args(argv), "generate")
+    return run_pipeline("generate", argv)
 
 
 if __name__ == "__main__":

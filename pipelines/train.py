@@ -166,7 +166,11 @@ def _fit(
                 config,
                 model,
                 data.vocabs,
-                {"max_len": data.max_len, "epoch": epoch, "params": {k: str(v) for k, v in params.items()}},
+                {
+                    "max_len": data.max_len,
+                    "epoch": epoch,
+                    "params": {k: str(v) for k, v in params.items()},
+                },
             )
         else:
             waited += 1
@@ -177,7 +181,9 @@ def _fit(
     predictions = predict(model, loader("test"), desc="test")
     test = _metrics(predictions)
     buckets = bucket_aucs(
-        evidence_buckets(data.histories, data.test, data.max_len), predictions.labels, predictions.scores
+        evidence_buckets(data.histories, data.test, data.max_len),
+        predictions.labels,
+        predictions.scores,
     )
     samples_seen = len(data.train) * len(epochs)
     summary = {
@@ -229,11 +235,9 @@ def _metrics(predictions: Predictions) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cmrec train", description=DESCRIPTION)
-    add_arguments(parser)
-    from cmrec.cli import run_guarded
+    from cmrec.cli import run_pipeline
 
-    return run_guarded(run, parser.parse_args(argv), "train")
+    return run_pipeline("train", argv)
 
 
 if __name__ == "__main__":

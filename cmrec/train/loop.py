@@ -5,6 +5,7 @@ Models never own optimisers, devices or loops (STYLE.md); the loop never branche
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,7 +39,9 @@ def train_epoch(
     model.train()
     sums: dict[str, float] = defaultdict(float)
     seen = 0
-    for batch in progress(batches, desc=desc, unit="batch", total=total):
+    started = time.perf_counter()
+    bar = progress(batches, desc=desc, unit="batch", total=total)
+    for batch in bar:
         output: ModelOutput = model(batch)
         loss = output.total()
         optimizer.zero_grad(set_to_none=True)
@@ -49,6 +52,11 @@ def train_epoch(
         sums["total"] += float(loss.detach()) * size
         for name, value in output.losses.items():
             sums[name] += float(value.detach()) * size
+        if hasattr(bar, "set_postfix"):  # running means of the loss terms, and throughput
+            running = {name: f"{value / seen:.3f}" for name, value in sums.items()}
+            bar.set_postfix(
+                running, samples_per_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False
+            )
     return {name: value / max(seen, 1) for name, value in sums.items()}
 
 
