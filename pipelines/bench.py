@@ -151,20 +151,7 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
     initial = model.initial_memory(lengths.numel())
 
     def update_loop() -> torch.Tensor:
-        projected = model.machine.update.project_items(features)
-        live = mask.any(-1)
-        state = initial
-        steps = zip(
-            features.unbind(1),
-            projected.unbind(1),
-            mask.unbind(1),
-            live.unbind(1),
-            strict=True,
-        )
-        for features_t, projected_t, mask_t, live_t in steps:
-            written = model.machine.update(state, features_t, projected_t, mask_t)
-            state = torch.where(live_t[:, None, None], written, state)
-        return state
+        return model.machine.write_features(initial, features, mask)
 
     parts: dict[str, Callable[[], torch.Tensor]] = {
         "embeddings": lambda: model.embeddings(batch.history)[0],

@@ -27,6 +27,11 @@ sampled_items: 10
 """
 
 
+def _generate(out: Path, users: int) -> None:
+    argv = ["generate", "--users", str(users), "--length", "24", "--items", "300", "--categories", "12"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+
+
 @pytest.fixture(autouse=True)
 def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -55,24 +60,7 @@ def test_train_writes_a_run_folder_evaluate_and_compare_read_it(
     payload = torch.load(run / "checkpoint.pt", weights_only=True)
     assert payload["model"] == "cm" and payload["config"]["slots"] == 3
 
-    assert (
-        cli.main(
-            [
-                "generate",
-                "--users",
-                "20",
-                "--length",
-                "24",
-                "--items",
-                "300",
-                "--categories",
-                "12",
-                "--out",
-                str(tmp_path / "other"),
-            ]
-        )
-        == 0
-    )
+    _generate(tmp_path / "other", users=20)
     events = tmp_path / "other" / "events.parquet"
     assert cli.main(["evaluate", "--run", str(run), "--events", str(events), "--max-len", "24"]) == 0
     evaluation = json.loads((run / "evaluation-events.parquet.json").read_text())
@@ -129,24 +117,7 @@ def test_bad_inputs_fail_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_mlflow_run_and_evaluate_reproduce_train(tmp_path: Path, mlflow_store: str) -> None:
     import mlflow
 
-    assert (
-        cli.main(
-            [
-                "generate",
-                "--users",
-                "60",
-                "--length",
-                "24",
-                "--items",
-                "300",
-                "--categories",
-                "12",
-                "--out",
-                str(tmp_path / "data"),
-            ]
-        )
-        == 0
-    )
+    _generate(tmp_path / "data", users=60)
     events = tmp_path / "data" / "events.parquet"
     run = tmp_path / "run"
     argv = ["train", "--model", "gru4rec", "--events", str(events), "--max-len", "24", "--epochs", "1"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmrec.data.samples import Histories, Samples
+from cmrec.eval.heuristics import target_hits
 from cmrec.eval.metrics import auc
 
 BUCKETS = ("Q1", "Q2", "Q3", "Q4", "never")
@@ -26,19 +27,12 @@ def evidence_buckets(histories: Histories, samples: Samples, max_len: int, chunk
     names = np.empty(len(samples), dtype=object)
     for begin in range(0, len(samples), chunk):
         rows = positives[begin : begin + chunk]
-        stop = histories.offsets[samples.sequence[rows]] + samples.prefix_len[rows]
-        start = np.maximum(histories.offsets[samples.sequence[rows]], stop - max_len)
-        lengths = stop - start
-        span = int(lengths.max(initial=1))
-        columns = np.arange(span)[None, :]
-        valid = columns < lengths[:, None]
-        window = events[np.where(valid, start[:, None] + columns, 0)]
-        hits = (window == targets[rows][:, None]) & valid  # (rows, span)
+        hits, lengths = target_hits(histories, samples, rows, events, targets, max_len)
+        span = hits.shape[1]
         found = hits.any(axis=1)
         last = span - 1 - np.argmax(hits[:, ::-1], axis=1)  # index of the last hit
         age = (lengths - last) / np.maximum(lengths, 1)  # in (0, 1]: 1/L = the newest event
-        quartile = np.minimum((age * 4).astype(int) - (age * 4 == np.floor(age * 4)), 3)
-        quartile = np.clip(quartile, 0, 3)
+        quartile = np.clip(np.ceil(age * 4).astype(int) - 1, 0, 3)  # (0, 1/4] -> Q1 ... (3/4, 1] -> Q4
         chunk_names = np.asarray(BUCKETS[:4], dtype=object)[quartile]
         chunk_names[~found] = "never"
         names[begin : begin + chunk] = chunk_names

@@ -37,16 +37,33 @@ def frequency_scores(
     span = max_len if window is None else min(window, max_len)
     scores = np.zeros(len(samples), dtype=np.float64)
     for begin in range(0, len(samples), chunk):  # chunks bound the (rows, span) matrix
-        rows = slice(begin, begin + chunk)
-        stop = histories.offsets[samples.sequence[rows]] + samples.prefix_len[rows]
-        start = np.maximum(histories.offsets[samples.sequence[rows]], stop - span)
-        lengths = stop - start
-        columns = np.arange(span)[None, :]
-        valid = columns < lengths[:, None]
-        window_events = events[np.where(valid, start[:, None] + columns, 0)]  # (rows, span)
-        hits = ((window_events == targets[rows][:, None]) & valid).sum(axis=1)
-        scores[rows] = hits / np.maximum(lengths, 1)
+        rows = np.arange(begin, min(begin + chunk, len(samples)))
+        hits, lengths = target_hits(histories, samples, rows, events, targets, span)
+        scores[rows] = hits.sum(axis=1) / np.maximum(lengths, 1)
     return scores
+
+
+def target_hits(
+    histories: Histories,
+    samples: Samples,
+    rows: np.ndarray,
+    events: np.ndarray,
+    targets: np.ndarray,
+    span: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the last `span` events of each row's history equal its target.
+
+    Returns:
+        hits: (rows, span) bool, oldest first (columns past a short history are False);
+        lengths: (rows,) events in each window.
+    """
+    stop = histories.offsets[samples.sequence[rows]] + samples.prefix_len[rows]
+    start = np.maximum(histories.offsets[samples.sequence[rows]], stop - span)
+    lengths = stop - start
+    columns = np.arange(span)[None, :]
+    valid = columns < lengths[:, None]
+    window = events[np.where(valid, start[:, None] + columns, 0)]  # (rows, span)
+    return (window == targets[rows][:, None]) & valid, lengths
 
 
 def frequency_auc(

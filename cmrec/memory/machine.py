@@ -55,6 +55,12 @@ class ContinualMemoryMachine(nn.Module):
             (B, K, d_m) memory after the segments.
         """
         features = self.encoder(x, mask)  # (B, T, N, d_x), one call for all segments
+        return self.write_features(memory, features, mask)
+
+    def write_features(
+        self, memory: torch.Tensor, features: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The memory update alone: write already encoded (B, T, N, d_x) features, oldest first."""
         projected = self.update.project_items(features)  # (B, T, N, d_model)
         live = mask.any(dim=-1)  # (B, T) segments with at least one item
         # unbind once: indexing [:, t] in the loop would give each step's backward a whole-size gradient.

@@ -66,13 +66,8 @@ def sample_fragments(
     live = mask.any(dim=-1)  # (H, T)
     usable = live.any(dim=-1)  # (H,)
     # Uniform choice among live segments: sample from weights (a dead row falls back to segment 0).
-    weights = (
-        live.float()
-        + (~usable).float()[:, None]
-        * torch.nn.functional.one_hot(
-            torch.zeros(histories, dtype=torch.long, device=device), segments
-        ).float()
-    )
+    weights = live.float()
+    weights[~usable, 0] = 1.0
     segment = torch.multinomial(weights, fragments, replacement=True, generator=generator)  # (H, B)
     valid = torch.gather(mask, 1, segment[:, :, None].expand(-1, -1, length))  # (H, B, N)
     masked = _choose(valid, mask_ratio, generator)
