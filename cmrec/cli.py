@@ -14,12 +14,15 @@ from collections.abc import Callable
 
 from cmrec.errors import CmrecError
 
-# Subcommand -> pipeline module; later issues add refresh and score.
+# Subcommand -> pipeline module.
 COMMANDS: dict[str, str] = {
     "generate": "pipelines.generate",
     "train": "pipelines.train",
     "evaluate": "pipelines.evaluate",
     "compare": "pipelines.compare",
+    "refresh": "pipelines.refresh",
+    "score": "pipelines.score",
+    "forget": "pipelines.forget",
     "bench": "pipelines.bench",
 }
 EXIT_USER_ERROR = 2

@@ -24,3 +24,17 @@ def progress(iterable: Iterable[T], desc: str, unit: str = "it", total: int | No
         dynamic_ncols=interactive,
     )
     return bar
+
+
+def progress_bar(total: int, desc: str, unit: str = "it") -> Any:
+    """A bar updated by hand (``bar.update(n)``, ``bar.set_postfix_str(...)``); same refresh policy."""
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        mininterval=0.2 if interactive else 10.0,
+        dynamic_ncols=interactive,
+        unit_scale=True,
+    )

@@ -1,5 +1,9 @@
 """`cmrec bench`: measure a model's training step and its parts on this machine; write JSON.
 
+With ``--serving``: the serving benchmark instead (see `pipelines.bench_serving`): scoring latency
+of CM from the store against DIEN and GRU4REC from the raw history, refresh throughput, store
+latency and bytes per user, for L in ``--lengths``.
+
 Measures, on generated XLong-style data: forward + backward + Adam step time per batch (mean of
 ``--steps`` steps after one warm-up), samples/s, the forward + backward time of each part of CM
 measured separately on the same batch (embeddings, segment encoder, memory update loop, recall
@@ -34,6 +38,7 @@ from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.errors import ConfigError
 from cmrec.models import ContinualMemoryModel, DataSpec, build_model, model_names
 from cmrec.output import ModelOutput
+from pipelines.bench_serving import add_serving_arguments, print_serving, run_serving
 
 DESCRIPTION = "Benchmark a model's training step (and CM's parts) on generated data; write JSON."
 
@@ -52,13 +57,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    add_serving_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.steps < 1 or args.batch_size < 2 or args.length < 1:
-        raise ConfigError("--steps >= 1, --batch-size >= 2 and --length >= 1 are required")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.serving:
+        if args.candidates < 1 or args.requests < 1 or min(args.lengths) < 1:
+            raise ConfigError("--candidates, --requests and every --lengths value must be >= 1")
+        serving = run_serving(args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(serving, indent=2) + "\n")
+        print_serving(serving)
+        print(f"wrote {args.out}")
+        return 0
+    if args.steps < 1 or args.batch_size < 2 or args.length < 1:
+        raise ConfigError("--steps >= 1, --batch-size >= 2 and --length >= 1 are required")
     users = (args.batch_size // 2) * (args.steps + 1)
     log = generate(SyntheticConfig(users=users, length=args.length, seed=args.seed))
     data = build_from_events(validate_events(log.events()), SplitConfig(max_len=args.length))

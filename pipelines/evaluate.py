@@ -1,19 +1,30 @@
 """`cmrec evaluate`: metrics of a saved run on any data (an event log's test split, or XLong lines).
 
 Ids the run never saw are out of vocabulary, as in serving. Writes the metrics as JSON (default:
-RUN_DIR/evaluation-<data file name>.json) and prints them.
+RUN_DIR/evaluation-<data file name>.json) and prints them. With ``--via-store`` (CM runs, event
+logs), the test samples are also scored the way serving scores them: each user's history refreshed
+into a scratch memory store (float32, float16 or bfloat16), then the reason head from the store.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from cmrec.data.batch import HistoryNegatives, make_loader
+from cmrec.data.dataset import ClickLogData
+from cmrec.data.events import read_events
+from cmrec.data.schema import USER
 from cmrec.errors import CmrecError
 from cmrec.eval.forgetting import bucket_aucs, evidence_buckets
 from cmrec.eval.metrics import ctr_metrics
+from cmrec.serving import Refresher, Scorer, ServedModel, UserEvents
+from cmrec.store import MEMORY_DTYPES, MemoryStore
 from cmrec.train.checkpoint import CHECKPOINT, load_checkpoint
 from cmrec.train.loop import predict
 from pipelines._common import write_json
@@ -27,11 +38,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, training=False)
     parser.add_argument("--batch-size", type=int, default=256, help="samples per batch (default 256)")
     parser.add_argument("--out", type=Path, help="JSON file (default: RUN/evaluation-<data>.json)")
+    parser.add_argument(
+        "--via-store",
+        nargs="+",
+        choices=sorted(MEMORY_DTYPES),
+        metavar="DTYPE",
+        help="CM runs with --events: also score the test samples the way serving does (refresh a "
+        "scratch store with each history, score from it) with memories stored in DTYPE "
+        "(float32, float16, bfloat16), and report those metrics",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.run.is_dir():
         raise CmrecError(f"{args.run}: no such run folder")
+    if args.via_store and args.events is None:
+        raise CmrecError("--via-store needs --events (the log whose test samples are scored)")
     model, vocabs, payload = load_checkpoint(args.run / CHECKPOINT)
     data, source = load_data(args, vocabs=vocabs)
     negatives = None
@@ -45,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         predictions.labels,
         predictions.scores,
     )
-    result = {
+    result: dict[str, Any] = {
         "model": payload["model"],
         "run": str(args.run),
         "data": source,
@@ -53,13 +75,49 @@ def run(args: argparse.Namespace) -> int:
         "test": metrics,
         "forgetting": buckets,
     }
+    if args.via_store:
+        result["via_store"] = _via_store(args, data, predictions.scores)
     out = args.out or args.run / f"evaluation-{source}.json"
     write_json(out, result)
     print(
         f"{payload['model']} on {source}: AUC {metrics['auc']:.4f}, GAUC {metrics['gauc']:.4f}, "
         f"logloss {metrics['logloss']:.4f} over {len(data.test):,} samples; wrote {out}"
     )
+    for dtype, store_metrics in result.get("via_store", {}).items():
+        print(
+            f"  from a {dtype} store: AUC {store_metrics['auc']:.4f}, GAUC {store_metrics['gauc']:.4f}, "
+            f"logloss {store_metrics['logloss']:.4f}; largest difference to the batch path "
+            f"{store_metrics['max_abs_probability_difference']:.2e}"
+        )
     return 0
+
+
+def _via_store(args: argparse.Namespace, data: ClickLogData, batch_scores: np.ndarray) -> dict[str, Any]:
+    """Test metrics of the serving path: refresh each user's history into a scratch store, score."""
+    served = ServedModel.load(args.run)
+    events = read_events(args.events)  # sorted like data.histories
+    test = data.test
+    offsets = data.histories.offsets
+    lengths = np.diff(offsets)
+    prefix = np.zeros(len(lengths), dtype=np.int64)
+    prefix[test.sequence] = test.prefix_len
+    sequence_of_event = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(events)) - offsets[sequence_of_event]
+    history = events[position < prefix[sequence_of_event]]
+    users = events[USER].astype(str).to_numpy()[offsets[:-1]][test.sequence]
+    results = {}
+    for dtype in args.via_store:
+        with tempfile.TemporaryDirectory(prefix="cmrec-evaluate-") as scratch:
+            with MemoryStore(Path(scratch), served.store_info(dtype), create=True) as store:
+                refresher = Refresher(served, store)
+                refresher.refresh(UserEvents.from_events(history, served.vocabs, str(args.events)))
+                scorer = Scorer(served, store)
+                scores = scorer.score_indices(list(users), test.target_item, test.target_category)
+        probabilities = scores.probabilities
+        metrics = ctr_metrics(test.label, probabilities, data.histories.users[test.sequence])
+        difference = float(np.abs(probabilities - batch_scores).max())
+        results[dtype] = {**metrics, "max_abs_probability_difference": difference}
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,7 +65,7 @@ class DIENConfig:
 
 
 class DIENModel(nn.Module):
-    """DIEN for CTR; losses ``ctr`` and, with a positive ``aux_weight``, ``aux``."""
+    """DIEN for CTR; losses ``ctr`` and, with a positive ``aux_weight`` in training mode, ``aux``."""
 
     def __init__(self, config: DIENConfig, embeddings: ItemEmbeddings) -> None:
         super().__init__()
@@ -105,7 +105,7 @@ class DIENModel(nn.Module):
         logits = self.mlp(torch.cat([evolved, target, pooled, target * pooled], dim=-1)).squeeze(-1)
         losses = {"ctr": functional.binary_cross_entropy_with_logits(logits, batch.labels)}
         weights = {"ctr": 1.0}
-        if self.auxiliary is not None:
+        if self.auxiliary is not None and self.training:  # a training signal only; scoring skips it
             losses["aux"] = self._auxiliary_loss(batch, states, x, mask)
             weights["aux"] = self.config.aux_weight
         return ModelOutput(logits=logits, losses=losses, weights=weights)

@@ -19,11 +19,13 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
 
 
-def read_events(path: str | Path) -> pd.DataFrame:
+def read_events(path: str | Path, require_time_order: bool = False) -> pd.DataFrame:
     """Read, validate and sort an event log.
 
     Args:
         path: a ``.parquet`` or ``.csv`` (``.tsv``, optionally gzipped) file.
+        require_time_order: refuse a file in which a user's timestamps go backwards from one row to
+            a later row of the same user (a stream of new events must arrive in time order).
 
     Returns:
         DataFrame with columns ``user_id, item_id, timestamp[, category_id]``; ids are int64 or str,
@@ -54,10 +56,14 @@ def read_events(path: str | Path) -> pd.DataFrame:
         raise
     except Exception as exc:  # pyarrow and the CSV parser raise many types; name the file.
         raise DataValidationError(f"{path}: cannot be read as an event log: {exc}") from exc
-    return validate_events(frame, source=str(path), header_lines=1 if is_csv else 0)
+    return validate_events(
+        frame, source=str(path), header_lines=1 if is_csv else 0, require_time_order=require_time_order
+    )
 
 
-def validate_events(frame: pd.DataFrame, source: str = "<DataFrame>", header_lines: int = 0) -> pd.DataFrame:
+def validate_events(
+    frame: pd.DataFrame, source: str = "<DataFrame>", header_lines: int = 0, require_time_order: bool = False
+) -> pd.DataFrame:
     """Validate an in-memory event table and return it normalised and sorted.
 
     Args:
@@ -65,6 +71,7 @@ def validate_events(frame: pd.DataFrame, source: str = "<DataFrame>", header_lin
         source: what to call it in error messages (a file name).
         header_lines: lines before the first data row in the source file (1 for CSV), so that
             messages can also give the file's line number.
+        require_time_order: see `read_events`.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
@@ -87,8 +94,28 @@ def validate_events(frame: pd.DataFrame, source: str = "<DataFrame>", header_lin
             out[column] = _normalise_timestamps(series, where)
     events = pd.DataFrame(out)
     user_codes = pd.factorize(events[USER], sort=True)[0]
+    if require_time_order:
+        _check_time_order(events, user_codes, where)
     order = np.lexsort((events[TIMESTAMP].to_numpy(), user_codes))  # lexsort is stable
     return events.iloc[order].reset_index(drop=True)
+
+
+def _check_time_order(events: pd.DataFrame, user_codes: np.ndarray, where: _RowLocator) -> None:
+    """Raise at the first row whose timestamp is earlier than an earlier row of the same user."""
+    by_user = np.argsort(user_codes, kind="stable")  # file order within each user
+    times = events[TIMESTAMP].to_numpy()[by_user]
+    same_user = user_codes[by_user][1:] == user_codes[by_user][:-1]
+    backwards = np.flatnonzero(same_user & (times[1:] < times[:-1]))
+    if backwards.size:
+        rows = by_user[backwards + 1]
+        position = int(rows.min())  # the first offending row in file order
+        k = int(np.flatnonzero(by_user[1:] == position)[0])
+        raise DataValidationError(
+            f"{where(TIMESTAMP, position)}: timestamp {times[k + 1].item()!r} of user "
+            f"{str(events[USER].iloc[position])!r} is earlier than row {int(by_user[k]) + 1} "
+            f"({times[k].item()!r}); "
+            "new events must arrive in time order per user"
+        )
 
 
 class _RowLocator:

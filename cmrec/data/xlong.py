@@ -60,9 +60,11 @@ def parse_xlong(path: str | Path, skip_malformed: bool = False) -> XLongFile:
         raise DataValidationError(f"{path}: no such file")
     lines: list[XLongLine] = []
     skipped = 0
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8", errors="replace") as handle:
         for number, raw in enumerate(handle, start=1):
             text = raw.rstrip("\r\n")
+            if "\ufffd" in text:
+                raise DataValidationError(f"{path}, line {number}: not UTF-8 text (is this an XLong file?)")
             if not text.strip():
                 continue
             try:

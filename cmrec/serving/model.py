@@ -1,0 +1,86 @@
+"""The served model: a CM run loaded once, with the fingerprint that ties memories to it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmrec.data.dataset import Vocabularies
+from cmrec.errors import CmrecError
+from cmrec.models.cm import ContinualMemoryModel
+from cmrec.store.sqlite import StoreInfo
+from cmrec.store.state import MemoryDtype
+from cmrec.train.checkpoint import CHECKPOINT, load_checkpoint
+
+
+def model_fingerprint(
+    name: str, config: dict[str, Any], state_dict: dict[str, torch.Tensor], vocabs: dict[str, Any]
+) -> str:
+    """SHA-256 of the model name, config, vocabularies and every weight (names, shapes, bytes).
+
+    Two runs give one fingerprint only if they would write the same memory for every history.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"model": name, "config": config}, sort_keys=True).encode())
+    digest.update(json.dumps(vocabs, sort_keys=True).encode())
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A CM model in eval mode, its vocabularies and fingerprint.
+
+    Example::
+
+        served = ServedModel.load(Path("runs/demo/cm-seed0"))
+        info = served.store_info(dtype="float16", partitions=4)
+    """
+
+    model: ContinualMemoryModel
+    vocabs: Vocabularies
+    name: str
+    fingerprint: str
+    run_dir: Path
+
+    @classmethod
+    def load(cls, run_dir: Path) -> ServedModel:
+        if not run_dir.is_dir():
+            raise CmrecError(f"{run_dir}: no such run folder")
+        model, vocabs, payload = load_checkpoint(run_dir / CHECKPOINT)
+        if not isinstance(model, ContinualMemoryModel):
+            raise CmrecError(
+                f"{run_dir}: model {payload['model']!r} keeps no memory; refresh and score serve "
+                "Continual Memory runs (cm, cm-only-reason, ...)"
+            )
+        fingerprint = model_fingerprint(
+            payload["model"], payload["config"], payload["state_dict"], payload["vocabs"]
+        )
+        return cls(
+            model=model, vocabs=vocabs, name=payload["model"], fingerprint=fingerprint, run_dir=run_dir
+        )
+
+    @property
+    def has_categories(self) -> bool:
+        return self.vocabs.categories is not None
+
+    def store_info(self, dtype: MemoryDtype = "float32", partitions: int = 1) -> StoreInfo:
+        config = self.model.config
+        return StoreInfo(
+            fingerprint=self.fingerprint,
+            model=self.name,
+            slots=config.slots,
+            memory_dim=config.memory_dim,
+            segment_len=config.segment_len,
+            has_categories=self.has_categories,
+            dtype=dtype,
+            partitions=partitions,
+        )

@@ -1,0 +1,173 @@
+"""The memory store: a folder of SQLite partitions, users routed by a stable hash of their id.
+
+Layout: ``STORE/part-00000-of-00004.sqlite`` ... one file per partition. A refresh worker owns a
+set of partitions (partition ``p`` belongs to worker ``p % W``), so no two processes ever write the
+same file, on one machine or many. Readers open every partition.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from cmrec.store.sqlite import SqlitePartition, StoreInfo
+from cmrec.store.state import StoreError, UserState
+
+_PART = re.compile(r"^part-(\d{5})-of-(\d{5})\.sqlite$")
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    """The partition of a user: CRC-32 of the id's UTF-8 bytes modulo P (stable across machines)."""
+    return zlib.crc32(user_id.encode("utf-8")) % partitions
+
+
+def partition_path(root: Path, index: int, partitions: int) -> Path:
+    return root / f"part-{index:05d}-of-{partitions:05d}.sqlite"
+
+
+def existing_partitions(root: Path) -> int | None:
+    """The partition count of an existing store folder, or None when it holds no partition."""
+    if not root.exists():
+        return None
+    if not root.is_dir():
+        raise StoreError(f"{root}: a memory store is a folder of partitions, this is a file")
+    counts = {int(m.group(2)) for p in root.iterdir() if (m := _PART.match(p.name))}
+    if len(counts) > 1:
+        raise StoreError(
+            f"{root}: partition files of different counts {sorted(counts)}; the store is damaged"
+        )
+    return counts.pop() if counts else None
+
+
+def read_store_info(root: Path) -> StoreInfo | None:
+    """The layout and model recorded in an existing store (read from one partition), or None."""
+    count = existing_partitions(root)
+    if count is None:
+        return None
+    for index in range(count):
+        path = partition_path(root, index, count)
+        if path.is_file():
+            part = SqlitePartition(path, None, index)
+            part.close()
+            return part.info
+    return None
+
+
+class MemoryStore:
+    """`MemoryStoreProtocol` over the partitions of one store folder.
+
+    Args:
+        root: the store folder.
+        info: the model's expectations (see `SqlitePartition`); None opens the store as it is.
+        owned: the partitions to open (all when None). Users of other partitions are refused.
+        create: create the folder and missing owned partitions (needs `info`).
+
+    Example::
+
+        store = MemoryStore(Path("memories"), info, create=True)
+        store.put_many([state])          # one transaction per partition
+        store.get_many(["u1", "u2"])     # {"u1": UserState(...)} for the users that exist
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        info: StoreInfo | None = None,
+        owned: Sequence[int] | None = None,
+        create: bool = False,
+    ) -> None:
+        self.root = root
+        found = existing_partitions(root)
+        if found is None:
+            if not create:
+                raise StoreError(f"{root}: no memory store here (run `cmrec refresh` to build one)")
+            if info is None:
+                raise StoreError(f"{root}: creating a store needs the model's StoreInfo")
+            root.mkdir(parents=True, exist_ok=True)
+            found = info.partitions
+        if info is not None and info.partitions != found:
+            raise StoreError(
+                f"{root}: the store has {found} partitions, {info.partitions} were asked for; "
+                "the partition count is fixed when a store is built (use --rebuild to change it)"
+            )
+        self.partitions = found
+        indices = list(range(found)) if owned is None else sorted(set(owned))
+        bad = [i for i in indices if not 0 <= i < found]
+        if bad:
+            raise StoreError(f"{root}: partitions {bad} do not exist (the store has {found})")
+        self._parts: dict[int, SqlitePartition] = {}
+        for index in indices:
+            path = partition_path(root, index, found)
+            if not path.is_file() and not create:
+                raise StoreError(f"{path}: partition {index} of {found} is missing; the store is incomplete")
+            self._parts[index] = SqlitePartition(path, info, index)
+        if not self._parts:
+            raise StoreError(f"{root}: no partition to open")
+        self.info = next(iter(self._parts.values())).info
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self._parts)
+
+    def partition(self, user_id: str) -> SqlitePartition:
+        index = partition_of(user_id, self.partitions)
+        if index not in self._parts:
+            raise StoreError(f"{self.root}: user {user_id!r} belongs to partition {index}, not opened here")
+        return self._parts[index]
+
+    def _group(self, user_ids: Sequence[str]) -> dict[int, list[str]]:
+        groups: dict[int, list[str]] = defaultdict(list)
+        for user_id in user_ids:
+            groups[self.partition(user_id).index].append(user_id)
+        return groups
+
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        found: dict[str, UserState] = {}
+        for index, ids in self._group(user_ids).items():
+            found.update(self._parts[index].get_many(ids))
+        return found
+
+    def put_many(self, states: Sequence[UserState]) -> None:
+        """One transaction per partition touched (refresh batches never span partitions)."""
+        groups: dict[int, list[UserState]] = defaultdict(list)
+        for state in states:
+            groups[self.partition(state.user_id).index].append(state)
+        for index, part_states in groups.items():
+            self._parts[index].put_many(part_states)
+
+    def delete(self, user_ids: Sequence[str]) -> int:
+        return sum(self._parts[index].delete(ids) for index, ids in self._group(user_ids).items())
+
+    def __iter__(self) -> Iterator[UserState]:
+        for part in self._parts.values():
+            yield from part
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self._parts.values())
+
+    def file_bytes(self) -> int:
+        """Bytes on disk of the opened partitions (database and write-ahead log)."""
+        total = 0
+        for part in self._parts.values():
+            for suffix in ("", "-wal"):
+                path = Path(str(part.path) + suffix)
+                total += path.stat().st_size if path.exists() else 0
+        return total
+
+    def checkpoint(self) -> None:
+        """Fold every opened partition's write-ahead log into its database file."""
+        for part in self._parts.values():
+            part.checkpoint()
+
+    def close(self) -> None:
+        for part in self._parts.values():
+            part.close()
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,108 @@
+"""A user's stored memory state and its byte encoding.
+
+Shape letters: K slots, d_m slot width, P pending clicks (< N, the segment length).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from cmrec.errors import CmrecError
+
+MemoryDtype = Literal["float32", "float16", "bfloat16"]
+MEMORY_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+class StoreError(CmrecError):
+    """The memory store is missing, damaged, or was written by another model."""
+
+
+@dataclass(frozen=True)
+class UserState:
+    """Everything the store keeps for one user.
+
+    Args:
+        user_id: the raw user id, as a string (7 and "7" are one user, as in the vocabularies).
+        memory: (K, d_m) float32, the memory after every complete segment consumed so far.
+        pending_items: (P,) int32 item indices of the newest clicks not yet written (P < N).
+        pending_categories: (P,) int32 category indices, or None for a model without categories.
+        watermark_time: timestamp of the newest consumed event (None before the first).
+        watermark_items: raw item ids consumed at exactly `watermark_time`: the tie-breaker that
+            recognises a re-delivered event among several clicks with the same timestamp.
+        events: number of events consumed.
+        fingerprint: the model fingerprint that produced `memory`.
+        updated_at: seconds since the epoch of the last write.
+    """
+
+    user_id: str
+    memory: torch.Tensor
+    pending_items: np.ndarray
+    pending_categories: np.ndarray | None
+    watermark_time: float | int | None
+    watermark_items: tuple[str, ...]
+    events: int
+    fingerprint: str
+    updated_at: float = field(default=0.0, compare=False)
+
+
+def encode_memory(memory: torch.Tensor, dtype: MemoryDtype) -> bytes:
+    """(K, d_m) memory -> bytes in the store's precision."""
+    stored = memory.detach().to("cpu", MEMORY_DTYPES[dtype]).contiguous()
+    return bytes(stored.view(torch.uint8).numpy().tobytes())
+
+
+def decode_memory(blob: bytes, shape: tuple[int, int], dtype: MemoryDtype) -> torch.Tensor:
+    """Bytes -> (K, d_m) float32; raises `ValueError` when the size does not match."""
+    torch_dtype = MEMORY_DTYPES[dtype]
+    expected = shape[0] * shape[1] * torch.empty(0, dtype=torch_dtype).element_size()
+    if len(blob) != expected:
+        raise ValueError(
+            f"memory blob holds {len(blob)} bytes, a ({shape[0]}, {shape[1]}) {dtype} needs {expected}"
+        )
+    raw = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    return raw.view(torch_dtype).reshape(shape).float()
+
+
+def encode_pending(items: np.ndarray, categories: np.ndarray | None) -> bytes:
+    parts = [np.asarray(items, dtype="<i4").tobytes()]
+    if categories is not None:
+        parts.append(np.asarray(categories, dtype="<i4").tobytes())
+    return b"".join(parts)
+
+
+def decode_pending(blob: bytes, count: int, has_categories: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    expected = 4 * count * (2 if has_categories else 1)
+    if len(blob) != expected:
+        raise ValueError(f"pending blob holds {len(blob)} bytes, {count} pending clicks need {expected}")
+    values = np.frombuffer(blob, dtype="<i4").astype(np.int32)
+    if has_categories:
+        return values[:count].copy(), values[count:].copy()
+    return values.copy(), None
+
+
+def checksum(memory_blob: bytes, pending_blob: bytes, watermark_items: str, events: int) -> int:
+    """CRC-32 over what a reader trusts; a mismatch means a damaged row."""
+    crc = zlib.crc32(memory_blob)
+    crc = zlib.crc32(pending_blob, crc)
+    return zlib.crc32(f"{watermark_items}|{events}".encode(), crc)
+
+
+def encode_watermark_items(items: tuple[str, ...]) -> str:
+    return json.dumps(list(items), separators=(",", ":"))
+
+
+def decode_watermark_items(text: str) -> tuple[str, ...]:
+    values = json.loads(text)
+    if not isinstance(values, list):
+        raise ValueError("watermark items are not a list")
+    return tuple(str(v) for v in values)

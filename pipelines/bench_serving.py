@@ -1,0 +1,324 @@
+"""`cmrec bench --serving`: serving cost of CM from the memory store against end-to-end baselines.
+
+For each history length L: the latency of one request of ``--candidates`` items (p50 / p99 over
+``--requests`` requests) for CM scoring from the store (SQLite read + the < N pending clicks written
+into a scratch memory + reason head), and for DIEN and GRU4REC recomputing from the raw history
+(model forward only: reading the history is not counted, which favours them); refresh throughput
+for a backfill of whole histories and for a steady-state refresh of one new segment per user;
+store read / write latency; bytes per user (float32 and float16 memories) against the raw history.
+Models have the paper's sizes and random weights: latency does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from cmrec.data import SplitConfig, build_from_events, validate_events
+from cmrec.data.batch import CATEGORY_KEY, ITEM_KEY, Batch
+from cmrec.data.dataset import Vocabularies
+from cmrec.data.synthetic import SyntheticConfig, generate
+from cmrec.models import ContinualMemoryModel, DataSpec, build_model
+from cmrec.serving import Refresher, Scorer, ServedModel, UserEvents, model_fingerprint
+from cmrec.store import MemoryDtype, MemoryStore, UserState
+
+USERS_PER_GROUP = 8
+STORE_USERS = 2000
+PENDING = 19  # the worst case: N - 1 clicks waiting
+STEADY_USERS = 2048
+
+
+def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("serving benchmark (with --serving)")
+    group.add_argument("--serving", action="store_true", help="measure serving instead of training")
+    group.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        default=[100, 1000, 10_000],
+        help="history lengths L (100 1000 10000)",
+    )
+    group.add_argument("--candidates", type=int, default=100, help="candidates per request (100)")
+    group.add_argument("--requests", type=int, default=50, help="timed requests per model and L (50)")
+
+
+def run_serving(args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    longest = max(args.lengths) + PENDING
+    events = generate(SyntheticConfig(users=2 * USERS_PER_GROUP, length=longest, seed=args.seed)).events()
+    vocabs = build_from_events(validate_events(events), SplitConfig(max_len=longest)).vocabs
+    spec = DataSpec.from_vocabs(vocabs)
+    cm = build_model("cm", spec).eval()
+    assert isinstance(cm, ContinualMemoryModel)
+    baselines = {name: build_model(name, spec).eval() for name in ("dien", "gru4rec")}
+    rng = np.random.default_rng(args.seed)
+    candidates = rng.integers(2, len(vocabs.items), size=args.candidates)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cmrec-bench-") as scratch:
+        served = _served(cm, vocabs, Path(scratch))
+        for length in args.lengths:
+            rows.append(_bench_length(length, events, served, baselines, candidates, args, Path(scratch)))
+        store = _bench_store(served, Path(scratch), rng)
+        steady = _bench_steady(served, events, Path(scratch))
+    cm_p50 = {row["length"]: row["latency_ms"]["cm"]["p50"] for row in rows}
+    targets = {}
+    if 100 in cm_p50 and 10_000 in cm_p50:
+        targets["cm_10000_over_100"] = round(cm_p50[10_000] / cm_p50[100], 3)
+        targets["cm_flat_in_L (<= 1.3)"] = targets["cm_10000_over_100"] <= 1.3
+    for row in rows:
+        if row["length"] == 1000:
+            targets["dien_over_cm_at_1000"] = round(row["latency_ms"]["dien"]["p50"] / cm_p50[1000], 1)
+            targets["cm_50x_faster_than_dien (>= 50)"] = targets["dien_over_cm_at_1000"] >= 50
+    return {
+        "benchmark": "serving",
+        "candidates": args.candidates,
+        "requests": args.requests,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "lengths": rows,
+        "store": store,
+        "refresh_steady_state": steady,
+        "targets": targets,
+    }
+
+
+def _served(model: ContinualMemoryModel, vocabs: Vocabularies, scratch: Path) -> ServedModel:
+    fingerprint = model_fingerprint("cm", {"bench": True}, model.state_dict(), vocabs.to_dict())
+    return ServedModel(model=model, vocabs=vocabs, name="cm", fingerprint=fingerprint, run_dir=scratch)
+
+
+def _bench_length(
+    length: int,
+    events: pd.DataFrame,
+    served: ServedModel,
+    baselines: dict[str, torch.nn.Module],
+    candidates: np.ndarray,
+    args: argparse.Namespace,
+    scratch: Path,
+) -> dict[str, Any]:
+    """Half the users hold exactly L clicks (nothing pending), half L + 19 (19 pending)."""
+    users = events["user_id"].unique()
+    rank = events.groupby("user_id").cumcount().to_numpy()
+    exact, pending = users[:USERS_PER_GROUP], users[USERS_PER_GROUP:]
+    keep = (events["user_id"].isin(exact).to_numpy() & (rank < length)) | (
+        events["user_id"].isin(pending).to_numpy() & (rank < length + PENDING)
+    )
+    history = validate_events(events[keep])
+    with MemoryStore(scratch / f"L{length}", served.store_info(), create=True) as store:
+        backfill = Refresher(served, store, batch_users=USERS_PER_GROUP).refresh(
+            UserEvents.from_events(history, served.vocabs, "bench"), show_progress=False
+        )
+        scorer = Scorer(served, store)
+        memory, _ = scorer.memories([str(exact[0])])
+        items_tensor = torch.from_numpy(served.vocabs.items.encode(candidates))
+        with torch.no_grad():
+            latency = {
+                "cm_reason_head_only": _latency(
+                    lambda u: served.model.score(memory.expand(len(candidates), -1, -1), items_tensor),
+                    exact,
+                    args.requests,
+                )
+            }
+        latency |= {
+            "cm": _latency(
+                lambda u: scorer.score([str(u)] * len(candidates), candidates), exact, args.requests
+            ),
+            "cm_19_pending": _latency(
+                lambda u: scorer.score([str(u)] * len(candidates), candidates), pending, args.requests
+            ),
+        }
+    items = served.vocabs.items.encode(history["item_id"])
+    categories = served.vocabs.categories.encode(history["category_id"]) if served.vocabs.categories else None
+    user_of = history["user_id"].to_numpy()
+    reps = args.requests if length <= 1000 else max(3, args.requests // 10)
+    for name, model in baselines.items():
+        batches = {
+            u: _history_batch(items[user_of == u], categories, user_of == u, candidates) for u in exact
+        }
+        latency[name] = _latency(_forward(model, batches), exact, reps)
+    segments_per_user = length / served.model.config.segment_len
+    return {
+        "length": length,
+        "latency_ms": latency,
+        "refresh_backfill": _rates(backfill),
+        "raw_history_bytes_per_user": length * 8,  # int32 item + int32 category per click
+        "segments_per_user": segments_per_user,
+    }
+
+
+def _bench_steady(served: ServedModel, events: pd.DataFrame, scratch: Path) -> dict[str, Any]:
+    """STEADY_USERS users each receive one new segment (20 clicks) on top of a stored memory."""
+    n = served.model.config.segment_len
+    per_user = events[events.groupby("user_id").cumcount() < 2 * n]
+    frames = []
+    for copy in range(STEADY_USERS // per_user["user_id"].nunique()):
+        frame = per_user.copy()
+        frame["user_id"] = frame["user_id"].astype(str) + f"-{copy}"
+        frames.append(frame)
+    both = validate_events(pd.concat(frames, ignore_index=True))
+    rank = both.groupby("user_id").cumcount()
+    with MemoryStore(scratch / "steady", served.store_info(), create=True) as store:
+        refresher = Refresher(served, store)  # default batch of 256 users
+        refresher.refresh(UserEvents.from_events(both[rank < n], served.vocabs, "bench"), show_progress=False)
+        second = refresher.refresh(
+            UserEvents.from_events(both[rank >= n], served.vocabs, "bench"), show_progress=False
+        )
+    return {"users": second.users, **_rates(second)}
+
+
+def _history_batch(
+    items: np.ndarray, categories: np.ndarray | None, rows: np.ndarray, candidates: np.ndarray
+) -> Batch:
+    values = [torch.from_numpy(items.astype(np.int64))]
+    keys = [ITEM_KEY]
+    if categories is not None:
+        values.append(torch.from_numpy(categories[rows].astype(np.int64)))
+        keys.append(CATEGORY_KEY)
+    history = KeyedJaggedTensor.from_lengths_sync(
+        keys=keys, values=torch.cat(values), lengths=torch.tensor([len(items)] * len(keys))
+    )
+    count = len(candidates)
+    return Batch(
+        history=history,
+        history_index=torch.zeros(count, dtype=torch.long),
+        target_items=torch.from_numpy(candidates.astype(np.int64)),
+        target_categories=None,
+        labels=torch.zeros(count),
+        user_ids=torch.zeros(count, dtype=torch.long),
+    )
+
+
+def _forward(model: torch.nn.Module, batches: dict[Any, Batch]) -> Callable[[Any], object]:
+    def call(user: Any) -> object:
+        with torch.no_grad():
+            return model(batches[user]).logits
+
+    return call
+
+
+def _latency(call: Callable[[Any], object], users: np.ndarray, repeats: int) -> dict[str, float]:
+    call(users[0])  # warm-up
+    times = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        call(users[i % len(users)])
+        times.append(time.perf_counter() - started)
+    ms = np.array(times) * 1000
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 3),
+        "p99": round(float(np.percentile(ms, 99)), 3),
+        "n": repeats,
+    }
+
+
+def _rates(stats: Any) -> dict[str, float]:
+    seconds = max(stats.seconds, 1e-9)
+    return {
+        "events": stats.events,
+        "segments": stats.segments,
+        "seconds": round(stats.seconds, 4),
+        "events_per_second": round(stats.events / seconds, 1),
+        "segments_per_second": round(stats.segments / seconds, 1),
+        "users_per_second": round(stats.updated_users / seconds, 1),
+    }
+
+
+def _bench_store(served: ServedModel, scratch: Path, rng: np.random.Generator) -> dict[str, Any]:
+    """Read / write latency and bytes on disk of STORE_USERS users, for float32 and float16 memories."""
+    config = served.model.config
+    result: dict[str, Any] = {"users": STORE_USERS}
+    for dtype in ("float32", "float16"):
+        states = [
+            UserState(
+                user_id=f"user-{i}",
+                memory=torch.from_numpy(
+                    rng.standard_normal((config.slots, config.memory_dim)).astype(np.float32)
+                ),
+                pending_items=rng.integers(2, 100, size=10).astype(np.int32),
+                pending_categories=rng.integers(2, 10, size=10).astype(np.int32),
+                watermark_time=int(1e9) + i,
+                watermark_items=(str(i),),
+                events=1000,
+                fingerprint=served.fingerprint,
+            )
+            for i in range(STORE_USERS)
+        ]
+        result[dtype] = _bench_store_dtype(served, scratch / f"store-{dtype}", dtype, states)
+    return result
+
+
+def _bench_store_dtype(
+    served: ServedModel, path: Path, dtype: MemoryDtype, states: list[UserState]
+) -> dict[str, Any]:
+    config = served.model.config
+    ids = [s.user_id for s in states]
+    with MemoryStore(path, served.store_info(dtype), create=True) as store:
+        write = _timed_many(lambda i: store.put_many(states[i * 100 : (i + 1) * 100]), len(states) // 100)
+        write_one = _timed_many(lambda i: store.put_many([states[i]]), 50)
+        read_one = _timed_many(lambda i: store.get_many([ids[(i * 37) % len(ids)]]), 200)
+        read_batch = _timed_many(lambda i: store.get_many(ids[i * 100 : (i + 1) * 100]), len(ids) // 100)
+        store.checkpoint()  # fold the write-ahead log into the database before measuring its size
+        on_disk = store.file_bytes()
+    return {
+        "memory_bytes_per_user": config.slots * config.memory_dim * (4 if dtype == "float32" else 2),
+        "file_bytes_per_user": round(on_disk / len(states), 1),
+        "write_100_users_ms": write,
+        "write_1_user_ms": write_one,
+        "read_1_user_ms": read_one,
+        "read_100_users_ms": read_batch,
+    }
+
+
+def _timed_many(call: Callable[[int], object], repeats: int) -> dict[str, float]:
+    times = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        call(i)
+        times.append(time.perf_counter() - started)
+    ms = np.array(times) * 1000
+    return {
+        "p50": round(float(np.percentile(ms, 50)), 3),
+        "p99": round(float(np.percentile(ms, 99)), 3),
+        "n": repeats,
+    }
+
+
+def print_serving(result: dict[str, Any]) -> None:
+    print(f"serving, {result['candidates']} candidates per request ({result['machine']}):")
+    print("     L  cm p50/p99 ms  cm+19 pending  dien p50/p99 ms  gru4rec p50/p99 ms  backfill events/s")
+    for row in result["lengths"]:
+        lat = row["latency_ms"]
+
+        def cell(name: str, lat: dict[str, Any] = lat) -> str:
+            return f"{lat[name]['p50']:.2f}/{lat[name]['p99']:.2f}"
+
+        print(
+            f"{row['length']:>6}  {cell('cm'):>13}  {cell('cm_19_pending'):>13}  {cell('dien'):>15}  "
+            f"{cell('gru4rec'):>18}  {row['refresh_backfill']['events_per_second']:>17,.0f}"
+        )
+    steady = result["refresh_steady_state"]
+    print(
+        f"steady-state refresh (one new segment for each of {steady['users']:,} users): "
+        f"{steady['events_per_second']:,.0f} events/s, {steady['segments_per_second']:,.0f} segments/s, "
+        f"{steady['users_per_second']:,.0f} users/s"
+    )
+    store = result["store"]
+    for dtype in ("float32", "float16"):
+        s = store[dtype]
+        print(
+            f"store {dtype}: {s['memory_bytes_per_user']} B memory, {s['file_bytes_per_user']:.0f} B on disk "
+            f"per user; read 1 user {s['read_1_user_ms']['p50']:.3f} ms, 100 users "
+            f"{s['read_100_users_ms']['p50']:.2f} ms; write 100 users {s['write_100_users_ms']['p50']:.2f} ms"
+        )
+    print(f"targets: {json.dumps(result['targets'])}")
