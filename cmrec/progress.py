@@ -13,28 +13,15 @@ T = TypeVar("T")
 
 def progress(iterable: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterable[T]:
     """Wrap `iterable` in a bar on stderr; refreshes at most every 10 s when stderr is no terminal."""
-    interactive = sys.stderr.isatty()
-    bar: Any = tqdm(
-        iterable,
-        desc=desc,
-        unit=unit,
-        total=total,
-        file=sys.stderr,
-        mininterval=0.2 if interactive else 10.0,
-        dynamic_ncols=interactive,
-    )
+    bar: Any = tqdm(iterable, desc=desc, unit=unit, total=total, **_bar_settings())
     return bar
 
 
 def progress_bar(total: int, desc: str, unit: str = "it") -> Any:
     """A bar updated by hand (``bar.update(n)``, ``bar.set_postfix_str(...)``); same refresh policy."""
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, **_bar_settings())
+
+
+def _bar_settings() -> dict[str, Any]:
     interactive = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        file=sys.stderr,
-        mininterval=0.2 if interactive else 10.0,
-        dynamic_ncols=interactive,
-        unit_scale=True,
-    )
+    return {"file": sys.stderr, "mininterval": 0.2 if interactive else 10.0, "dynamic_ncols": interactive}

@@ -209,17 +209,7 @@ def _forward(model: torch.nn.Module, batches: dict[Any, Batch]) -> Callable[[Any
 
 def _latency(call: Callable[[Any], object], users: np.ndarray, repeats: int) -> dict[str, float]:
     call(users[0])  # warm-up
-    times = []
-    for i in range(repeats):
-        started = time.perf_counter()
-        call(users[i % len(users)])
-        times.append(time.perf_counter() - started)
-    ms = np.array(times) * 1000
-    return {
-        "p50": round(float(np.percentile(ms, 50)), 3),
-        "p99": round(float(np.percentile(ms, 99)), 3),
-        "n": repeats,
-    }
+    return _timed_many(lambda i: call(users[i % len(users)]), repeats)
 
 
 def _rates(stats: Any) -> dict[str, float]:

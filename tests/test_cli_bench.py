@@ -29,3 +29,27 @@ def test_bench_refuses_bad_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert cli.main(["bench", "--steps", "0", "--out", str(tmp_path / "x.json")]) == 2
     assert "--steps >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_serving_measures_latency_refresh_and_store(tmp_path: Path) -> None:
+    out = tmp_path / "serving.json"
+    argv = ["bench", "--serving", "--lengths", "20", "100", "--requests", "3", "--candidates", "10"]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["length"] for row in result["lengths"]] == [20, 100]
+    for row in result["lengths"]:
+        assert set(row["latency_ms"]) == {"cm", "cm_19_pending", "cm_reason_head_only", "dien", "gru4rec"}
+        assert all(v["p99"] >= v["p50"] > 0 for v in row["latency_ms"].values())
+        assert row["refresh_backfill"]["segments"] == 8 * (row["length"] // 20) + 8 * (
+            (row["length"] + 19) // 20
+        )
+        assert row["raw_history_bytes_per_user"] == 8 * row["length"]
+    assert result["refresh_steady_state"]["segments"] == result["refresh_steady_state"]["users"] == 2048
+    store = result["store"]
+    assert (
+        store["float32"]["memory_bytes_per_user"]
+        == 20 * 64 * 4
+        == 2 * store["float16"]["memory_bytes_per_user"]
+    )
+    assert store["float16"]["file_bytes_per_user"] < store["float32"]["file_bytes_per_user"] < 2 * 5120
+    assert result["targets"] == {}  # L = 100 and 10,000 (and 1,000) were not both measured

@@ -15,20 +15,7 @@ from cmrec.data import SplitConfig, build_from_events, validate_events
 from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.models.registry import DataSpec, build_model, model_config
 from cmrec.train.checkpoint import CHECKPOINT, save_checkpoint
-
-TINY: dict[str, Any] = {
-    "item_dim": 8,
-    "memory_dim": 8,
-    "model_dim": 8,
-    "slots": 3,
-    "segment_len": 4,
-    "subspaces": 2,
-    "encoder_layers": 1,
-    "decoder_layers": 1,
-    "heads": 2,
-    "ffn_dim": 16,
-    "sampled_items": 10,
-}
+from tests.models.conftest import TINY
 
 
 def stream(users: int = 24, length: int = 30, seed: int = 0) -> pd.DataFrame:

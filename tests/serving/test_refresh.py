@@ -201,3 +201,39 @@ def test_store_refuses_another_models_memories(tmp_path: Path, run_dir: Path, lo
     other = make_run(tmp_path / "other", log, seed=1)
     with pytest.raises(StoreError, match="--rebuild"):
         Scorer.open(other, tmp_path / "s")
+
+
+def test_torchrun_style_workers_each_write_their_own_partitions(
+    tmp_path: Path, run_dir: Path, log: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RANK / WORLD_SIZE (as torchrun sets them) make each process one worker of the partitioning."""
+    events = tmp_path / "events.parquet"
+    log.to_parquet(events)
+    argv = [
+        "refresh",
+        "--run",
+        str(run_dir),
+        "--events",
+        str(events),
+        "--store",
+        str(tmp_path / "s"),
+        "--no-progress",
+    ]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(argv) == 0
+    assert [p.name for p in (tmp_path / "s").iterdir() if p.suffix == ".sqlite"] == [
+        "part-00001-of-00002.sqlite"
+    ]
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--rebuild"]) == 2  # a shared store cannot be swapped by one process
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    assert cli.main([*argv[:-2], str(tmp_path / "one"), "--no-progress"]) == 0
+    with MemoryStore(tmp_path / "s") as two, MemoryStore(tmp_path / "one") as one:
+        ids = sorted(s.user_id for s in one)
+        assert sorted(s.user_id for s in two) == ids
+        a, b = one.get_many(ids), two.get_many(ids)
+    for user in ids:
+        torch.testing.assert_close(b[user].memory, a[user].memory, rtol=1e-5, atol=1e-5)
