@@ -19,6 +19,7 @@ import numpy as np
 from cmrec.data.batch import HistoryNegatives, make_loader
 from cmrec.data.dataset import ClickLogData
 from cmrec.data.events import read_events
+from cmrec.data.samples import concat_ranges
 from cmrec.data.schema import USER
 from cmrec.errors import CmrecError
 from cmrec.eval.forgetting import bucket_aucs, evidence_buckets
@@ -98,12 +99,8 @@ def _via_store(args: argparse.Namespace, data: ClickLogData, batch_scores: np.nd
     events = read_events(args.events)  # sorted like data.histories
     test = data.test
     offsets = data.histories.offsets
-    lengths = np.diff(offsets)
-    prefix = np.zeros(len(lengths), dtype=np.int64)
-    prefix[test.sequence] = test.prefix_len
-    sequence_of_event = np.repeat(np.arange(len(lengths)), lengths)
-    position = np.arange(len(events)) - offsets[sequence_of_event]
-    history = events[position < prefix[sequence_of_event]]
+    sequences, first = np.unique(test.sequence, return_index=True)  # one test target per sequence
+    history = events.iloc[concat_ranges(offsets[sequences], test.prefix_len[first])]
     users = events[USER].astype(str).to_numpy()[offsets[:-1]][test.sequence]
     results = {}
     for dtype in args.via_store:

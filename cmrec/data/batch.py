@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from cmrec.data.samples import Histories, Samples
+from cmrec.data.samples import Histories, Samples, concat_ranges
 from cmrec.data.vocab import NUM_RESERVED
 from cmrec.errors import ConfigError
 
@@ -137,9 +137,7 @@ class Collator:
         stop = self.histories.offsets[h_seq] + h_prefix
         start = np.maximum(self.histories.offsets[h_seq], stop - self.max_len)
         lengths = stop - start  # (H,)
-        # Flat event positions of all H histories: start[h] + 0 .. lengths[h] - 1.
-        shift = np.repeat(start - (np.cumsum(lengths) - lengths), lengths)
-        positions = shift + np.arange(int(lengths.sum()))  # (E,)
+        positions = concat_ranges(start, lengths)  # (E,) flat event positions of all H histories
 
         keys_out = [ITEM_KEY]
         values = [self.histories.items[positions]]

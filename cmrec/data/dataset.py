@@ -24,7 +24,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from cmrec.data.samples import Histories, NegativeSampler, Samples, Sampling, paired_samples
+from cmrec.data.samples import (
+    Histories,
+    NegativeSampler,
+    Samples,
+    Sampling,
+    concat_ranges,
+    paired_samples,
+)
 from cmrec.data.schema import CATEGORY, ITEM, OOV_INDEX, TIMESTAMP, USER
 from cmrec.data.vocab import Vocab
 from cmrec.errors import ConfigError, DataValidationError
@@ -290,6 +297,4 @@ def _choose_targets(
 def _ranges(starts: np.ndarray, stops: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated ranges [starts[i], stops[i]) with the owner of each value."""
     counts = np.maximum(stops - starts, 0)
-    owner = np.repeat(owners, counts)
-    base = np.repeat(starts - np.cumsum(counts) + counts, counts)
-    return owner.astype(np.int64), (base + np.arange(counts.sum())).astype(np.int64)
+    return np.repeat(owners, counts).astype(np.int64), concat_ranges(starts, counts)

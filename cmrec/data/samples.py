@@ -21,6 +21,18 @@ from cmrec.data.vocab import NUM_RESERVED
 from cmrec.errors import ConfigError, DataValidationError
 
 
+def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The ranges ``[starts[i], starts[i] + lengths[i])`` one after another, as one int64 array.
+
+    Example::
+
+        concat_ranges(np.array([5, 0]), np.array([2, 3]))   # array([5, 6, 0, 1, 2])
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    shift = np.repeat(np.asarray(starts, dtype=np.int64) - (np.cumsum(lengths) - lengths), lengths)
+    return shift + np.arange(int(lengths.sum()), dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class Histories:
     """All sequences, stored once.

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cmrec.data.dataset import Vocabularies
+from cmrec.data.samples import concat_ranges
 from cmrec.data.schema import CATEGORY, ITEM, TIMESTAMP, USER
 from cmrec.errors import DataValidationError
 
@@ -66,9 +67,8 @@ class UserEvents:
 
     def select(self, users: np.ndarray) -> UserEvents:
         """The events of the users at the given positions (in that order)."""
-        starts, stops = self.offsets[users], self.offsets[users + 1]
-        lengths = stops - starts
-        index = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        lengths = self.offsets[users + 1] - self.offsets[users]
+        index = concat_ranges(self.offsets[users], lengths)
         return UserEvents(
             user_ids=self.user_ids[users],
             offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
