@@ -142,10 +142,8 @@ def _bench_length(
     categories = served.vocabs.categories.encode(history["category_id"]) if served.vocabs.categories else None
     user_of = history["user_id"].to_numpy()
     reps = args.requests if length <= 1000 else max(3, args.requests // 10)
+    batches = {u: _history_batch(items[user_of == u], categories, user_of == u, candidates) for u in exact}
     for name, model in baselines.items():
-        batches = {
-            u: _history_batch(items[user_of == u], categories, user_of == u, candidates) for u in exact
-        }
         latency[name] = _latency(_forward(model, batches), exact, reps)
     segments_per_user = length / served.model.config.segment_len
     return {

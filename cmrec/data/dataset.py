@@ -164,6 +164,17 @@ class ClickLogData:
         }
 
 
+def check_category_column(events: pd.DataFrame, vocabs: Vocabularies, source: str = "") -> None:
+    """Refuse an event log whose category column does not match the model's (named `source`)."""
+    has_categories = CATEGORY in events.columns
+    if has_categories != (vocabs.categories is not None):
+        raise DataValidationError(
+            f"{source + ': ' if source else ''}the model was trained "
+            f"{'with' if vocabs.categories is not None else 'without'} a {CATEGORY!r} column; "
+            f"this event log {'has' if has_categories else 'lacks'} one"
+        )
+
+
 def build_from_events(
     events: pd.DataFrame, config: SplitConfig | None = None, vocabs: Vocabularies | None = None
 ) -> ClickLogData:
@@ -199,11 +210,7 @@ def build_from_events(
             )
     else:
         items, categories = vocabs.items, vocabs.categories
-        if has_categories != (categories is not None):
-            raise DataValidationError(
-                f"the model was trained {'with' if categories is not None else 'without'} "
-                f"a {CATEGORY!r} column; this event log {'has' if has_categories else 'lacks'} one"
-            )
+        check_category_column(events, vocabs)
     item_idx = items.encode(events[ITEM]).astype(np.int32)
     cat_idx = categories.encode(events[CATEGORY]).astype(np.int32) if categories is not None else None
 

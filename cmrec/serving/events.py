@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cmrec.data.dataset import Vocabularies
+from cmrec.data.dataset import Vocabularies, check_category_column
 from cmrec.data.samples import concat_ranges
 from cmrec.data.schema import CATEGORY, ITEM, TIMESTAMP, USER
-from cmrec.errors import DataValidationError
 
 
 @dataclass(frozen=True)
@@ -36,12 +35,7 @@ class UserEvents:
     @classmethod
     def from_events(cls, events: pd.DataFrame, vocabs: Vocabularies, source: str) -> UserEvents:
         """Encode a validated, sorted log (`read_events`) the way the run's training data was."""
-        has_categories = CATEGORY in events.columns
-        if has_categories != (vocabs.categories is not None):
-            raise DataValidationError(
-                f"{source}: the model was trained {'with' if vocabs.categories is not None else 'without'} "
-                f"a {CATEGORY!r} column; this event log {'has' if has_categories else 'lacks'} one"
-            )
+        check_category_column(events, vocabs, source)
         users = events[USER].astype(str).to_numpy()
         change = np.flatnonzero(users[1:] != users[:-1]) + 1
         offsets = np.concatenate([[0], change, [len(users)]]).astype(np.int64)

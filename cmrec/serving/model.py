@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cmrec.data.dataset import Vocabularies
 from cmrec.errors import CmrecError
+from cmrec.memory.segments import segment_jagged
 from cmrec.models.cm import ContinualMemoryModel
 from cmrec.store.sqlite import StoreInfo
 from cmrec.store.state import MemoryDtype
@@ -71,6 +74,44 @@ class ServedModel:
     @property
     def has_categories(self) -> bool:
         return self.vocabs.categories is not None
+
+    @torch.no_grad()
+    def write_clicks(
+        self,
+        memory: torch.Tensor,
+        items: Sequence[np.ndarray],
+        categories: Sequence[np.ndarray] | None,
+        max_segments: int | None = None,
+    ) -> torch.Tensor:
+        """Write each user's clicks (oldest first) into (B, K, d_m) memories, batched.
+
+        Clicks are cut into segments from each user's first click, as in training; a partial last
+        segment is written masked. `max_segments` bounds the segments of one `write` call (writing in
+        chunks equals writing at once).
+
+        Args:
+            memory: (B, K, d_m) memories before the clicks.
+            items: B arrays of item indices.
+            categories: B arrays of category indices (same lengths), or None without categories.
+
+        Returns:
+            (B, K, d_m) memories after the clicks.
+        """
+        segment_len = self.model.config.segment_len
+        lengths = torch.tensor([len(user_items) for user_items in items], dtype=torch.long)
+
+        def grid(values: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+            flat = torch.from_numpy(np.concatenate(values).astype(np.int64))
+            return segment_jagged(flat, lengths, segment_len)  # (B, T, N), (B, T, N)
+
+        ids, mask = grid(items)
+        cats = None if categories is None else grid(categories)[0]
+        step = max_segments or ids.shape[1]
+        for t0 in range(0, ids.shape[1], step):
+            window = slice(t0, t0 + step)
+            window_cats = None if cats is None else cats[:, window]
+            memory = self.model.write(memory, ids[:, window], mask[:, window], window_cats)
+        return memory
 
     def store_info(self, dtype: MemoryDtype = "float32", partitions: int = 1) -> StoreInfo:
         config = self.model.config

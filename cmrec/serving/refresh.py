@@ -18,7 +18,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from cmrec.data.schema import PAD_INDEX
 from cmrec.errors import ConfigError
 from cmrec.progress import progress_bar
 from cmrec.serving.events import UserEvents
@@ -150,7 +149,7 @@ class Refresher:
         for plan in plans:
             memory = memories.get(plan.user_id, plan.memory)
             new_states.append(plan.finish(memory, self.served.fingerprint))
-            stats.segments += 0 if plan.segments is None else len(plan.segments)
+            stats.segments += 0 if plan.segments is None else len(plan.segments) // self.segment_len
         self.store.put_many(new_states)
         stats.updated_users += len(new_states)
 
@@ -184,36 +183,21 @@ class Refresher:
         plan.pending_items = items[whole:].copy()
         plan.pending_categories = None if categories is None else categories[whole:].copy()
         if whole:
-            plan.segments = items[:whole].reshape(-1, self.segment_len)
-            plan.segment_categories = (
-                None if categories is None else categories[:whole].reshape(-1, self.segment_len)
-            )
+            plan.segments = items[:whole]
+            plan.segment_categories = None if categories is None else categories[:whole]
         return plan
 
-    @torch.no_grad()
     def _write(self, plans: Sequence[_Plan]) -> dict[str, torch.Tensor]:
         """Write every plan's whole segments, batched across users; returns the new memories."""
         if not plans:
             return {}
-        counts = [len(p.segments) for p in plans if p.segments is not None]
-        longest, n = max(counts), self.segment_len
-        items = torch.full((len(plans), longest, n), PAD_INDEX, dtype=torch.long)  # (B, T, N)
-        has_categories = plans[0].segment_categories is not None
-        categories = torch.full_like(items, PAD_INDEX) if has_categories else None
-        mask = torch.zeros(len(plans), longest, n, dtype=torch.bool)
-        for row, plan in enumerate(plans):
-            assert plan.segments is not None
-            t = len(plan.segments)
-            items[row, :t] = torch.from_numpy(plan.segments.astype(np.int64))
-            mask[row, :t] = True
-            if categories is not None and plan.segment_categories is not None:
-                categories[row, :t] = torch.from_numpy(plan.segment_categories.astype(np.int64))
         memory = torch.stack([p.memory for p in plans if p.memory is not None])  # (B, K, d_m)
-        for t0 in range(0, longest, self.max_segments):  # chunked writing equals one call
-            window = slice(t0, t0 + self.max_segments)
-            cats = None if categories is None else categories[:, window]
-            memory = self.model.write(memory, items[:, window], mask[:, window], cats)
-        return {plan.user_id: memory[row].clone() for row, plan in enumerate(plans)}
+        items = [p.segments for p in plans if p.segments is not None]
+        categories = [p.segment_categories for p in plans if p.segment_categories is not None]
+        written = self.served.write_clicks(
+            memory, items, categories if self.served.has_categories else None, self.max_segments
+        )
+        return {plan.user_id: written[row].clone() for row, plan in enumerate(plans)}
 
 
 def _already_applied(group: list[str], seen: tuple[str, ...]) -> int:
@@ -244,7 +228,7 @@ class _Plan:
     dropped: int
     applied: int
     memory: torch.Tensor | None = None
-    segments: np.ndarray | None = None  # (T, N) item indices to write
+    segments: np.ndarray | None = None  # item indices of whole segments to write (T * N,)
     segment_categories: np.ndarray | None = None
     pending_items: np.ndarray | None = None
     pending_categories: np.ndarray | None = None

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cmrec.data.schema import PAD_INDEX
 from cmrec.errors import ConfigError
 from cmrec.serving.model import ServedModel
 from cmrec.store.folder import MemoryStore
@@ -82,25 +81,16 @@ class Scorer:
         return memory, known
 
     def _write_pending(self, memory: torch.Tensor, states: Sequence[UserState | None]) -> torch.Tensor:
-        rows = [i for i, s in enumerate(states) if s is not None and len(s.pending_items)]
-        if not rows:
+        waiting = [(i, s) for i, s in enumerate(states) if s is not None and len(s.pending_items)]
+        if not waiting:
             return memory
-        n = self.model.config.segment_len
-        items = torch.full((len(rows), n), PAD_INDEX, dtype=torch.long)  # (U', N)
-        mask = torch.zeros(len(rows), n, dtype=torch.bool)
-        with_categories = self.served.has_categories
-        categories = torch.full_like(items, PAD_INDEX) if with_categories else None
-        for j, i in enumerate(rows):
-            state = states[i]
-            assert state is not None
-            count = len(state.pending_items)
-            items[j, :count] = torch.from_numpy(state.pending_items.astype(np.int64))
-            mask[j, :count] = True
-            if categories is not None and state.pending_categories is not None:
-                categories[j, :count] = torch.from_numpy(state.pending_categories.astype(np.int64))
-        index = torch.tensor(rows)
+        items = [state.pending_items for _, state in waiting]
+        categories = [s.pending_categories for _, s in waiting if s.pending_categories is not None]
+        index = torch.tensor([i for i, _ in waiting])
         memory = memory.clone()
-        memory[index] = self.model.write(memory[index], items, mask, categories)
+        memory[index] = self.served.write_clicks(
+            memory[index], items, categories if self.served.has_categories else None
+        )
         return memory
 
     @torch.no_grad()
