@@ -18,6 +18,7 @@ from cmrec.errors import CmrecError
 COMMANDS: dict[str, str] = {
     "generate": "pipelines.generate",
     "train": "pipelines.train",
+    "convert": "pipelines.convert",
     "evaluate": "pipelines.evaluate",
     "compare": "pipelines.compare",
     "refresh": "pipelines.refresh",
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line itself, for jobs that relaunch themselves (train --nproc)
     return run_guarded(args._run, args, args.command)
 
 

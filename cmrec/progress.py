@@ -9,6 +9,13 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 T = TypeVar("T")
+_enabled = True
+
+
+def set_progress(enabled: bool) -> None:
+    """Show (default) or hide every bar of this process; multi-process training shows rank 0's only."""
+    global _enabled
+    _enabled = enabled
 
 
 def progress(iterable: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterable[T]:
@@ -24,4 +31,9 @@ def progress_bar(total: int, desc: str, unit: str = "it") -> Any:
 
 def _bar_settings() -> dict[str, Any]:
     interactive = sys.stderr.isatty()
-    return {"file": sys.stderr, "mininterval": 0.2 if interactive else 10.0, "dynamic_ncols": interactive}
+    return {
+        "file": sys.stderr,
+        "mininterval": 0.2 if interactive else 10.0,
+        "dynamic_ncols": interactive,
+        "disable": not _enabled,
+    }

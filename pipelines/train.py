@@ -4,33 +4,54 @@ Writes RUN_DIR/checkpoint.pt (best validation epoch: weights, config, vocabulari
 ``torch.load(weights_only=True)``), RUN_DIR/metrics.json and the plots (losses.png, roc.png,
 forgetting.png); logs params, per-epoch metrics (every loss term), test metrics, the plots and the
 model to MLflow. Early stopping on validation AUC. Deterministic for a seed on CPU.
+RUN_DIR/test_predictions.parquet holds the test probabilities the metrics were computed from.
+
+With --nproc N the same job runs in N processes (``torchrun --standalone``; several machines:
+plain ``torchrun``, see the README): TorchRec shards the embedding tables (--sharding), the dense
+part is data-parallel, each process trains on its own share of the users, and evaluation gathers
+every prediction before computing the metrics once. The tables then train with a fused
+--embedding-optimizer (RowWiseAdagrad by default; fused Adam is GPU-only), the dense part with Adam
+(--lr). Every epoch writes RUN_DIR/distributed/last (a torch.distributed.checkpoint folder,
+continued with --resume); RUN_DIR/checkpoint.pt is converted from RUN_DIR/distributed/best.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import os
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import yaml
 
-from cmrec.data.batch import HistoryNegatives, make_loader
+from cmrec.data.batch import HistoryNegatives
 from cmrec.data.dataset import ClickLogData
 from cmrec.errors import CmrecError
 from cmrec.eval.forgetting import bucket_aucs, evidence_buckets
 from cmrec.eval.metrics import ctr_metrics
 from cmrec.eval.plots import plot_forgetting, plot_losses, plot_roc
 from cmrec.models.registry import DataSpec, build_model, model_config, model_names
+from cmrec.progress import set_progress
 from cmrec.tracking import RunTracker, tracking_uri
-from cmrec.train.checkpoint import CHECKPOINT, save_checkpoint
-from cmrec.train.loop import Predictions, predict, train_epoch
+from cmrec.train.distributed import (
+    EMBEDDING_OPTIMIZERS,
+    GPU_ONLY_OPTIMIZERS,
+    SHARDING_TYPES,
+    ShardingOptions,
+    complete_checkpoint,
+    launch,
+)
+from cmrec.train.loop import Predictions
 from pipelines._common import write_json
 from pipelines._data import add_data_arguments, load_data
+from pipelines._trainers import DISTRIBUTED_DIR, DistributedTrainer, LocalTrainer
+
+PREDICTIONS = "test_predictions.parquet"
 
 DESCRIPTION = "Train a model on a click log; write a run folder and track the run in MLflow."
 
@@ -41,12 +62,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, training=True)
     parser.add_argument("--epochs", type=int, default=5, help="most epochs (default 5)")
     parser.add_argument("--patience", type=int, default=2, help="epochs without a better validation AUC")
-    parser.add_argument("--batch-size", type=int, default=128, help="samples per batch (default 128)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (paper: 1e-3)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="samples per batch (default 128; per process with --nproc)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="Adam learning rate (paper: 1e-3); with --nproc of the dense part",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, negatives and shuffling")
     parser.add_argument("--config", type=Path, help="YAML file of model config values to override")
     parser.add_argument("--experiment", default="cmrec", help="MLflow experiment (default cmrec)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    group = parser.add_argument_group("multi-process training (TorchRec DistributedModelParallel)")
+    group.add_argument(
+        "--nproc",
+        type=int,
+        help="train in N processes on this machine (torchrun --standalone); under torchrun the world "
+        "it sets is used and --nproc is ignored",
+    )
+    group.add_argument(
+        "--sharding",
+        choices=list(SHARDING_TYPES),
+        default="auto",
+        help="how the embedding tables are split over processes (default auto: the planner's choice)",
+    )
+    group.add_argument(
+        "--embedding-optimizer",
+        choices=list(EMBEDDING_OPTIMIZERS),
+        default="rowwise-adagrad",
+        help="fused optimizer of the sharded tables (default rowwise-adagrad; adam: GPU only)",
+    )
+    group.add_argument("--embedding-lr", type=float, default=0.01, help="its learning rate (default 0.01)")
+    group.add_argument(
+        "--resume", action="store_true", help="continue from RUN_DIR/distributed/last (same settings)"
+    )
 
 
 def read_overrides(path: Path | None) -> dict[str, Any]:
@@ -68,13 +122,34 @@ def run(args: argparse.Namespace) -> int:
         raise CmrecError("--epochs >= 1, --patience >= 1 and an even --batch-size >= 2 are required")
     overrides = read_overrides(args.config)
     config = model_config(args.model, overrides)  # unknown keys and bad values fail before any work
+    under_torchrun = "WORLD_SIZE" in os.environ and "RANK" in os.environ
+    if args.resume and args.nproc is None and not under_torchrun:
+        raise CmrecError("--resume continues a multi-process run: give --nproc N as well")
+    if args.nproc is not None and not under_torchrun:
+        if args.nproc < 1:
+            raise CmrecError(f"--nproc must be >= 1, got {args.nproc}")
+        ShardingOptions(args.sharding, args.embedding_optimizer, args.embedding_lr, args.lr)  # checks
+        if args.embedding_optimizer in GPU_ONLY_OPTIMIZERS and not torch.cuda.is_available():
+            raise CmrecError(
+                f"--embedding-optimizer {args.embedding_optimizer} runs on GPU only (FBGEMM refuses fused "
+                "Adam on CPU); use rowwise-adagrad, adagrad or sgd here"
+            )
+        if args.resume and complete_checkpoint(args.out / DISTRIBUTED_DIR / "last") is None:
+            raise CmrecError(f"{args.out / DISTRIBUTED_DIR / 'last'}: nothing to resume")
+        code = launch(args.nproc, args.argv)
+        return code if code in (0, 2) else 1
     torch.manual_seed(args.seed)
     data, source = load_data(args)
     model = build_model(args.model, DataSpec.from_vocabs(data.vocabs), overrides)
     negatives = None
     if getattr(model, "needs_history_negatives", False):  # a capability the model declares
         negatives = HistoryNegatives(len(data.vocabs.items), data.vocabs.item_category, args.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    trainer: LocalTrainer | DistributedTrainer
+    if under_torchrun:
+        trainer = DistributedTrainer(args, data, model, negatives, args.model, config)
+        set_progress(trainer.is_main)
+    else:
+        trainer = LocalTrainer(args, data, model, negatives, args.model, config)
     params = {
         "model": args.model,
         "data": source,
@@ -85,120 +160,129 @@ def run(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         **{f"config.{k}": v for k, v in asdict(config).items()},
     }
-    tracker = (
-        None
-        if args.no_mlflow
-        else RunTracker(args.experiment, f"{args.model}-seed{args.seed}", {"model": args.model})
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
+    if isinstance(trainer, DistributedTrainer):
+        params.update(
+            {
+                "processes": trainer.cluster.world_size,
+                "backend": trainer.cluster.backend,
+                "sharding": args.sharding,
+                "embedding_optimizer": args.embedding_optimizer,
+                "embedding_lr": args.embedding_lr,
+                **{f"plan.{table}": placed for table, placed in trainer.plan.items()},
+            }
+        )
+    tracker = None
+    if trainer.is_main and not args.no_mlflow:
+        tracker = RunTracker(args.experiment, f"{args.model}-seed{args.seed}", {"model": args.model})
+    if trainer.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
     try:
-        summary = _fit(args, data, model, optimizer, negatives, config, tracker, params)
+        summary = _fit(args, data, trainer, tracker, params)
     finally:
         if tracker is not None:
             tracker.__exit__(*sys.exc_info())
-    test = summary["test"]
-    print(
-        f"{args.model} on {source} (seed {args.seed}): test AUC {test['auc']:.4f}, GAUC {test['gauc']:.4f}, "
-        f"logloss {test['logloss']:.4f}; best epoch {summary['best_epoch']}; "
-        f"{summary['train_samples_per_second']:.1f} training samples/s; run folder {args.out}"
-        + ("" if args.no_mlflow else f"; MLflow store {tracking_uri()}")
-    )
+        trainer.close()
+    if trainer.is_main:
+        test = summary["test"]
+        print(
+            f"{args.model} on {source} (seed {args.seed}): test AUC {test['auc']:.4f}, "
+            f"GAUC {test['gauc']:.4f}, logloss {test['logloss']:.4f}; best epoch {summary['best_epoch']}; "
+            f"{summary['train_samples_per_second']:.1f} training samples/s; run folder {args.out}"
+            + ("" if args.no_mlflow else f"; MLflow store {tracking_uri()}")
+        )
     return 0
 
 
 def _fit(
     args: argparse.Namespace,
     data: ClickLogData,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    negatives: HistoryNegatives | None,
-    config: Any,
+    trainer: LocalTrainer | DistributedTrainer,
     tracker: RunTracker | None,
     params: dict[str, Any],
 ) -> dict[str, Any]:
+    main = trainer.is_main
     if tracker is not None:
         tracker.log_params(params)
-
-    def loader(split: str, shuffle: bool = False, epoch: int = 0):  # type: ignore[no-untyped-def]
-        return make_loader(
-            data.histories,
-            data.split(split),
-            args.batch_size,
-            data.max_len,
-            shuffle=shuffle,
-            seed=args.seed * 1000 + epoch,
-            negatives=negatives,
-        )
-
-    epochs: list[dict[str, Any]] = []
-    best_auc, best_state, best_epoch, waited = -1.0, None, 0, 0
-    train_seconds = 0.0
-    for epoch in range(args.epochs):
-        started = time.perf_counter()
-        losses = train_epoch(model, loader("train", True, epoch), optimizer, desc=f"epoch {epoch}")
-        train_seconds += time.perf_counter() - started
-        valid = _metrics(predict(model, loader("valid"), desc="valid"))
-        epochs.append({"epoch": epoch, "train": losses, "valid": valid})
+    loop: dict[str, Any] = {
+        "next_epoch": 0,
+        "epochs": [],
+        "best_auc": -1.0,
+        "best_epoch": 0,
+        "waited": 0,
+        "train_seconds": 0.0,
+        "samples_seen": 0,
+        "params": {k: str(v) for k, v in params.items() if not k.startswith(("plan.", "processes"))},
+    }
+    if args.resume:
+        assert isinstance(trainer, DistributedTrainer)
+        loop = _resumed(trainer.resume(), loop, args)
         if tracker is not None:
-            tracker.log_metrics(
-                {
-                    **{f"train_{k}": v for k, v in losses.items()},
-                    **{f"valid_{k}": v for k, v in valid.items()},
-                },
-                step=epoch,
+            for row in loop["epochs"]:
+                tracker.log_metrics(_epoch_metrics(row), step=row["epoch"])
+    stopped = loop["waited"] >= args.patience
+    for epoch in range(loop["next_epoch"], args.epochs if not stopped else 0):
+        started = time.perf_counter()
+        losses, samples = trainer.train_epoch(epoch)
+        loop["train_seconds"] += time.perf_counter() - started
+        loop["samples_seen"] += samples
+        valid = _metrics(trainer.predict("valid"))
+        row = {"epoch": epoch, "train": losses, "valid": valid}
+        loop["epochs"].append(row)
+        if tracker is not None:
+            tracker.log_metrics(_epoch_metrics(row), step=epoch)
+        if main:
+            print(
+                f"epoch {epoch}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
+                + f"; valid AUC {valid['auc']:.4f}",
+                file=sys.stderr,
             )
-        print(
-            f"epoch {epoch}: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
-            + f"; valid AUC {valid['auc']:.4f}",
-            file=sys.stderr,
-        )
-        if valid["auc"] > best_auc:
-            best_auc, best_state, best_epoch, waited = (
-                valid["auc"],
-                copy.deepcopy(model.state_dict()),
-                epoch,
-                0,
-            )
-            save_checkpoint(
-                args.out / CHECKPOINT,
-                args.model,
-                config,
-                model,
-                data.vocabs,
-                {
-                    "max_len": data.max_len,
-                    "epoch": epoch,
-                    "params": {k: str(v) for k, v in params.items()},
-                },
+        if valid["auc"] > loop["best_auc"]:
+            loop.update(best_auc=valid["auc"], best_epoch=epoch, waited=0)
+            trainer.keep_best(
+                {"max_len": data.max_len, "epoch": epoch, "params": loop["params"]},
             )
         else:
-            waited += 1
-            if waited >= args.patience:
-                break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    predictions = predict(model, loader("test"), desc="test")
+            loop["waited"] += 1
+        loop["next_epoch"] = epoch + 1
+        trainer.end_epoch(loop)
+        if loop["waited"] >= args.patience:
+            break
+    if not loop["epochs"]:
+        raise CmrecError("no epoch was trained")
+    trainer.restore_best()
+    predictions = trainer.predict("test")
     test = _metrics(predictions)
     buckets = bucket_aucs(
         evidence_buckets(data.histories, data.test, data.max_len),
         predictions.labels,
         predictions.scores,
     )
-    samples_seen = len(data.train) * len(epochs)
+    epochs = loop["epochs"]
+    best_epoch = loop["best_epoch"]
     summary = {
         "model": args.model,
         "data": params["data"],
         "seed": args.seed,
         "best_epoch": best_epoch,
         "test": test,
-        "valid": epochs[best_epoch]["valid"],
+        "valid": next(row["valid"] for row in epochs if row["epoch"] == best_epoch),
         "forgetting": buckets,
-        "train_samples_per_second": samples_seen / max(train_seconds, 1e-9),
-        "memory_bytes_per_user": _memory_bytes_per_user(config, data),
+        "train_samples_per_second": loop["samples_seen"] / max(loop["train_seconds"], 1e-9),
+        "memory_bytes_per_user": _memory_bytes_per_user(trainer.config, data),
         "epochs": epochs,
     }
+    if isinstance(trainer, DistributedTrainer):
+        summary["distributed"] = {
+            "processes": trainer.cluster.world_size,
+            "backend": trainer.cluster.backend,
+            "plan": trainer.plan,
+            "embedding_optimizer": args.embedding_optimizer,
+        }
+    if not main:
+        return summary
     write_json(args.out / "metrics.json", summary)
+    write_predictions(args.out / PREDICTIONS, predictions)
     plot_losses(epochs, args.out / "losses.png")
     plot_roc(
         predictions.labels,
@@ -218,8 +302,43 @@ def _fit(
         )
         for name in ("metrics.json", "losses.png", "roc.png", "forgetting.png"):
             tracker.log_artifact(args.out / name)
-        tracker.log_model(model)
+        tracker.log_model(trainer.plain_model())
     return summary
+
+
+def _resumed(saved: dict[str, Any], fresh: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The saved loop state, after checking that this run trains the same thing."""
+    changed = sorted(
+        key
+        for key in set(saved.get("params", {})) | set(fresh["params"])
+        if key != "epochs" and saved.get("params", {}).get(key) != fresh["params"].get(key)
+    )
+    if changed:
+        raise CmrecError(
+            f"{args.out / DISTRIBUTED_DIR / 'last'}: saved by a run with other settings ("
+            + ", ".join(f"{k}: {saved.get('params', {}).get(k)} -> {fresh['params'].get(k)}" for k in changed)
+            + "); resume with the same settings (only --epochs may grow)"
+        )
+    loop = {key: saved[key] for key in fresh if key in saved}
+    loop["params"] = fresh["params"]
+    return loop
+
+
+def _epoch_metrics(row: dict[str, Any]) -> dict[str, float]:
+    return {
+        **{f"train_{k}": v for k, v in row["train"].items()},
+        **{f"valid_{k}": v for k, v in row["valid"].items()},
+    }
+
+
+def write_predictions(path: Path, predictions: Predictions) -> None:
+    """Test predictions in sample-row order (label, probability, user index), for re-checking metrics."""
+    frame = pd.DataFrame(
+        {"label": predictions.labels, "probability": predictions.scores, "user": predictions.users}
+    )
+    scratch = path.with_suffix(".tmp")
+    frame.to_parquet(scratch, index=False)
+    scratch.replace(path)
 
 
 def _memory_bytes_per_user(config: Any, data: ClickLogData) -> int:

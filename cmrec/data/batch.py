@@ -222,6 +222,85 @@ class PairBatchSampler(Sampler[list[int]]):
             yield np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1).tolist()
 
 
+class UserShardBatchSampler(Sampler[list[int]]):
+    """`PairBatchSampler` for one process of several: the pairs of this rank's users only.
+
+    Users are dealt to ranks once, by sample count (the largest first, each to the least-loaded
+    rank; ties by user index), so every sample of a user stays on one rank and the ranks get
+    near-equal shares. Every rank yields the same number of batches (collective operations run in
+    each step): a rank with fewer wraps around to its own first batches. `rows()` lists the rows
+    in yield order, repeats included; evaluation keeps each row once.
+
+    Args:
+        pair_users: (P,) user index of each pair (rows 2i, 2i + 1).
+        batch_size: samples per batch (even).
+        rank, world_size: this process and the number of processes.
+        shuffle: permute this rank's pairs each epoch (``seed + epoch``, see `set_epoch`).
+        seed: base seed of the permutation.
+    """
+
+    def __init__(
+        self,
+        pair_users: np.ndarray,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if batch_size < 2 or batch_size % 2:
+            raise ConfigError(f"batch_size must be an even number >= 2, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in a world of {world_size} processes")
+        owner = assign_users(pair_users, world_size)
+        pairs_of = [np.flatnonzero(owner[pair_users] == r) for r in range(world_size)]
+        if min(len(p) for p in pairs_of) == 0:
+            raise ConfigError(
+                f"{len(np.unique(pair_users))} users cannot give each of {world_size} processes a share"
+            )
+        self.pairs_per_batch = batch_size // 2
+        self.pairs = pairs_of[rank]
+        self.num_batches = max(-(-len(p) // self.pairs_per_batch) for p in pairs_of)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        pairs = self.pairs
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank])
+            pairs = pairs[rng.permutation(len(pairs))]
+        own = [pairs[b : b + self.pairs_per_batch] for b in range(0, len(pairs), self.pairs_per_batch)]
+        for index in range(self.num_batches):
+            chosen = own[index % len(own)]
+            yield np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1).tolist()
+
+    def rows(self) -> np.ndarray:
+        """Sample rows in the order this epoch yields them (wrapped-around repeats included)."""
+        return np.asarray([row for batch in self for row in batch], dtype=np.int64)
+
+
+def assign_users(pair_users: np.ndarray, world_size: int) -> np.ndarray:
+    """Rank of each user index (0 for users without pairs): largest pair count first, to the least loaded."""
+    counts = np.bincount(pair_users, minlength=int(pair_users.max(initial=0)) + 1)
+    owner = np.zeros(len(counts), dtype=np.int64)
+    load = [0] * world_size
+    for user in np.lexsort((np.arange(len(counts)), -counts)):
+        if counts[user] == 0:
+            break
+        target = min(range(world_size), key=lambda r: (load[r], r))
+        owner[user] = target
+        load[target] += int(counts[user])
+    return owner
+
+
 def make_loader(
     histories: Histories,
     samples: Samples,
@@ -231,11 +310,21 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     negatives: HistoryNegatives | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> DataLoader[Batch]:
-    """A DataLoader of `Batch` over `samples`, pairs kept together."""
+    """A DataLoader of `Batch` over `samples`, pairs kept together.
+
+    With ``shard=(rank, world_size)`` it yields only that rank's users (`UserShardBatchSampler`).
+    """
+    sampler: PairBatchSampler | UserShardBatchSampler
+    if shard is None:
+        sampler = PairBatchSampler(len(samples), batch_size, shuffle, seed)
+    else:
+        pair_users = histories.users[samples.sequence[0::2]].astype(np.int64)
+        sampler = UserShardBatchSampler(pair_users, batch_size, shard[0], shard[1], shuffle, seed)
     return DataLoader(
         range(len(samples)),  # type: ignore[arg-type]
-        batch_sampler=PairBatchSampler(len(samples), batch_size, shuffle, seed),
+        batch_sampler=sampler,
         collate_fn=Collator(histories, samples, max_len, negatives),
         num_workers=num_workers,
     )

@@ -21,14 +21,24 @@ CHECKPOINT = "checkpoint.pt"
 def save_checkpoint(
     path: Path, name: str, config: Any, model: nn.Module, vocabs: Vocabularies, extra: dict[str, Any]
 ) -> None:
-    payload = {
+    write_payload(path, checkpoint_payload(name, config, model.state_dict(), vocabs, extra))
+
+
+def checkpoint_payload(
+    name: str, config: Any, state_dict: dict[str, Any], vocabs: Vocabularies, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """What a checkpoint file holds (plain dicts, lists, strings, numbers and tensors)."""
+    return {
         "format": FORMAT,
         "model": name,
         "config": {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(config).items()},
-        "state_dict": model.state_dict(),
+        "state_dict": state_dict,
         "vocabs": vocabs.to_dict(),
         "extra": extra,
     }
+
+
+def write_payload(path: Path, payload: dict[str, Any]) -> None:
     scratch = path.with_suffix(".tmp")
     torch.save(payload, scratch)
     scratch.replace(path)  # never a half-written checkpoint
@@ -38,16 +48,31 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, Vocabularies, dict[str, Any]
     """Rebuild the model of a run; returns (model in eval mode, vocabularies, the payload)."""
     if not path.is_file():
         raise CmrecError(f"{path}: no checkpoint (is this a run folder written by `cmrec train`?)")
+    return model_from_payload(read_payload(path), path)
+
+
+def read_payload(path: Path) -> dict[str, Any]:
     try:
-        payload = torch.load(path, weights_only=True)
+        payload: dict[str, Any] = torch.load(path, weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged file
         raise CmrecError(f"{path}: cannot read the checkpoint: {exc}") from exc
-    if payload.get("format") != FORMAT:
-        raise CmrecError(f"{path}: checkpoint format {payload.get('format')!r}, expected {FORMAT}")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else None
+        raise CmrecError(f"{path}: checkpoint format {found!r}, expected {FORMAT}")
+    return payload
+
+
+def model_from_payload(
+    payload: dict[str, Any], source: Path
+) -> tuple[nn.Module, Vocabularies, dict[str, Any]]:
+    """The model (eval mode) and vocabularies of a checkpoint payload; `source` names it in errors."""
     vocabs = Vocabularies.from_dict(payload["vocabs"])
     defaults = model_config(payload["model"])
     tuple_fields = {f.name for f in fields(defaults) if isinstance(getattr(defaults, f.name), tuple)}
     config = {k: tuple(v) if k in tuple_fields else v for k, v in payload["config"].items()}
     model = build_model(payload["model"], DataSpec.from_vocabs(vocabs), config)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CmrecError(f"{source}: the weights do not fit model {payload['model']!r}: {exc}") from exc
     return model.eval(), vocabs, payload

@@ -61,11 +61,13 @@ def train_epoch(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[Batch], desc: str = "predict") -> Predictions:
+def predict(
+    model: nn.Module, batches: Iterable[Batch], desc: str = "predict", total: int | None = None
+) -> Predictions:
     """Click probabilities for every sample, in loader order (evaluation mode)."""
     model.eval()
     labels, scores, users = [], [], []
-    for batch in progress(batches, desc=desc, unit="batch"):
+    for batch in progress(batches, desc=desc, unit="batch", total=total):
         output: ModelOutput = model(batch)
         labels.append(batch.labels.cpu().numpy())
         scores.append(torch.sigmoid(output.logits).cpu().numpy())

@@ -6,7 +6,14 @@ import pytest
 import torch
 from torchrec import EmbeddingCollection, EmbeddingConfig
 
-from cmrec.data.batch import Collator, HistoryNegatives, PairBatchSampler, make_loader
+from cmrec.data.batch import (
+    Collator,
+    HistoryNegatives,
+    PairBatchSampler,
+    UserShardBatchSampler,
+    assign_users,
+    make_loader,
+)
 from cmrec.data.dataset import SplitConfig, build_from_events
 from cmrec.data.events import validate_events
 from cmrec.data.samples import Histories, Samples
@@ -122,3 +129,37 @@ def test_history_negatives_are_aligned_other_items_with_their_categories() -> No
     again = Collator(histories, samples, max_len=3, negatives=HistoryNegatives(12, item_category, seed=1))
     assert again([0, 1, 2, 3]).history_negatives["item"].values().tolist() == drawn.tolist()  # type: ignore[index]
     assert Collator(histories, samples, max_len=3)([0, 1]).history_negatives is None
+
+
+def test_user_shards_keep_each_user_on_one_rank_cover_every_pair_and_align_batch_counts() -> None:
+    rng = np.random.default_rng(3)
+    pair_users = np.repeat(np.arange(9), rng.integers(1, 12, size=9))  # 9 users, 1-11 pairs each
+    seen: dict[int, set[int]] = {}
+    batches = []
+    for rank in range(3):
+        sampler = UserShardBatchSampler(pair_users, 6, rank, 3, shuffle=True, seed=1)
+        batches.append(list(sampler))
+        rows = sampler.rows()
+        assert rows.tolist() == [row for batch in batches[-1] for row in batch]
+        assert all(
+            len(b) % 2 == 0 and all(b[i] + 1 == b[i + 1] for i in range(0, len(b), 2)) for b in batches[-1]
+        )
+        seen[rank] = set(pair_users[rows[0::2] // 2].tolist())
+        assert set((rows[0::2] // 2).tolist()) == set(sampler.pairs.tolist())  # repeats are its own pairs
+    assert len({len(b) for b in batches}) == 1  # the same number of batches on every rank
+    assert seen[0] | seen[1] | seen[2] == set(range(9))
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])  # no user on two ranks
+    counts = np.bincount(pair_users)
+    loads = sorted(int(counts[list(users)].sum()) for users in seen.values())
+    assert loads[-1] - loads[0] <= counts.max()  # greedy balance: within one user's pairs
+
+
+def test_user_assignment_is_deterministic_and_needs_enough_users() -> None:
+    pair_users = np.array([0, 0, 0, 1, 2, 2])
+    assert assign_users(pair_users, 2).tolist() == [0, 1, 1]  # 3 pairs to rank 0, then 1 + 2 to rank 1
+    one = UserShardBatchSampler(pair_users, 2, 0, 1)
+    assert one.rows().tolist() == list(range(12))  # one process: every pair in order
+    with pytest.raises(ConfigError, match="3 users cannot give each of 4 processes a share"):
+        UserShardBatchSampler(pair_users, 2, 0, 4)
+    with pytest.raises(ConfigError, match="rank 2 is not in a world of 2"):
+        UserShardBatchSampler(pair_users, 2, 2, 2)
