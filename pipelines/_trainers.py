@@ -35,7 +35,35 @@ DISTRIBUTED_DIR = "distributed"  # RUN/distributed/{best,last}/: torch.distribut
 SPEC = "spec.pt"  # RUN/distributed/spec.pt: the checkpoint payload without weights (for `convert`)
 
 
-class LocalTrainer:
+class _Trainer:
+    """What both trainers share: the run's settings and its loaders (sharded by user when `shard`)."""
+
+    shard: tuple[int, int] | None = None  # (rank, world size)
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        data: ClickLogData,
+        negatives: HistoryNegatives | None,
+        name: str,
+        config: Any,
+    ) -> None:
+        self.args, self.data, self.negatives, self.name, self.config = args, data, negatives, name, config
+
+    def loader(self, split: str, shuffle: bool = False, epoch: int = 0) -> Any:
+        return make_loader(
+            self.data.histories,
+            self.data.split(split),
+            self.args.batch_size,
+            self.data.max_len,
+            shuffle=shuffle,
+            seed=self.args.seed * 1000 + epoch,
+            negatives=self.negatives,
+            shard=self.shard,
+        )
+
+
+class LocalTrainer(_Trainer):
     """One process: Adam over every parameter, the paper's optimiser."""
 
     is_main = True
@@ -49,21 +77,10 @@ class LocalTrainer:
         name: str,
         config: Any,
     ) -> None:
-        self.args, self.data, self.model, self.negatives = args, data, model, negatives
-        self.name, self.config = name, config
+        super().__init__(args, data, negatives, name, config)
+        self.model = model
         self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         self._best: dict[str, torch.Tensor] | None = None
-
-    def loader(self, split: str, shuffle: bool = False, epoch: int = 0) -> Any:
-        return make_loader(
-            self.data.histories,
-            self.data.split(split),
-            self.args.batch_size,
-            self.data.max_len,
-            shuffle=shuffle,
-            seed=self.args.seed * 1000 + epoch,
-            negatives=self.negatives,
-        )
 
     def train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
         """Mean loss terms of one epoch, and the samples it trained on."""
@@ -92,7 +109,7 @@ class LocalTrainer:
         pass
 
 
-class DistributedTrainer:
+class DistributedTrainer(_Trainer):
     """One of several torchrun processes: sharded tables, DDP dense part, each rank its users.
 
     Writes RUN/distributed/last (model + optimiser + loop state, every epoch; `--resume` reads it),
@@ -109,9 +126,10 @@ class DistributedTrainer:
         name: str,
         config: Any,
     ) -> None:
-        self.args, self.data, self.negatives, self.name, self.config = args, data, negatives, name, config
+        super().__init__(args, data, negatives, name, config)
         self.cluster = distributed.Cluster.from_env()
         self.is_main = self.cluster.is_main
+        self.shard = (self.cluster.rank, self.cluster.world_size)
         options = distributed.ShardingOptions(
             sharding=args.sharding,
             embedding_optimizer=args.embedding_optimizer,
@@ -125,18 +143,6 @@ class DistributedTrainer:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_payload(self.folder / SPEC, checkpoint_payload(name, config, {}, data.vocabs, {}))
         torch.manual_seed(args.seed * 1000 + self.cluster.rank)  # sampled items differ per rank
-
-    def loader(self, split: str, shuffle: bool = False, epoch: int = 0) -> Any:
-        return make_loader(
-            self.data.histories,
-            self.data.split(split),
-            self.args.batch_size,
-            self.data.max_len,
-            shuffle=shuffle,
-            seed=self.args.seed * 1000 + epoch,
-            negatives=self.negatives,
-            shard=(self.cluster.rank, self.cluster.world_size),
-        )
 
     def _on_device(self, loader: Any) -> Iterator[Batch]:
         for batch in loader:
