@@ -50,6 +50,14 @@ def log() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="session")
+def log_file(tmp_path_factory: pytest.TempPathFactory, log: pd.DataFrame) -> Path:
+    """`log` as an event file, written once."""
+    path = tmp_path_factory.mktemp("log") / "events.parquet"
+    log.to_parquet(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, log: pd.DataFrame) -> Path:
     return make_run(tmp_path_factory.mktemp("run"), log)
 

@@ -164,18 +164,14 @@ def test_rebuild_replaces_memories_of_a_retrained_model(
         Scorer.open(run_dir, refreshed)
 
 
-def test_evaluate_via_store_reproduces_the_batch_path(
-    tmp_path: Path, run_dir: Path, log: pd.DataFrame
-) -> None:
-    events = tmp_path / "events.parquet"
-    log.to_parquet(events)
+def test_evaluate_via_store_reproduces_the_batch_path(tmp_path: Path, run_dir: Path, log_file: Path) -> None:
     out = tmp_path / "evaluation.json"
-    argv = ["evaluate", "--run", str(run_dir), "--events", str(events), "--max-len", "1000"]
+    argv = ["evaluate", "--run", str(run_dir), "--events", str(log_file), "--max-len", "1000"]
     assert cli.main([*argv, "--via-store", "float32", "float16", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     full, half = result["via_store"]["float32"], result["via_store"]["float16"]
     assert full["max_abs_probability_difference"] < 1e-5
     assert full["auc"] == pytest.approx(result["test"]["auc"], abs=1e-9)
     assert 0 < half["max_abs_probability_difference"] < 1e-2
-    xlong = ["evaluate", "--run", str(run_dir), "--xlong-test", str(events), "--via-store", "float32"]
+    xlong = ["evaluate", "--run", str(run_dir), "--xlong-test", str(log_file), "--via-store", "float32"]
     assert cli.main(xlong) == 2

@@ -150,12 +150,8 @@ def test_new_users_start_from_the_initial_memory_and_pending_is_kept(tmp_path: P
     assert len(state.pending_items) == 3 and state.events == 3
 
 
-def test_workers_partition_users_and_match_one_process(
-    tmp_path: Path, run_dir: Path, log: pd.DataFrame
-) -> None:
-    events = tmp_path / "events.parquet"
-    log.to_parquet(events)
-    base = ["refresh", "--run", str(run_dir), "--events", str(events), "--no-progress"]
+def test_workers_partition_users_and_match_one_process(tmp_path: Path, run_dir: Path, log_file: Path) -> None:
+    base = ["refresh", "--run", str(run_dir), "--events", str(log_file), "--no-progress"]
     assert cli.main([*base, "--store", str(tmp_path / "one")]) == 0
     assert cli.main([*base, "--store", str(tmp_path / "two"), "--num-workers", "2"]) == 0
     assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.suffix == ".sqlite") == [
@@ -179,11 +175,9 @@ def test_partition_hash_is_stable() -> None:
 
 
 def test_float16_store_halves_memory_bytes_and_scores_closely(
-    tmp_path: Path, run_dir: Path, log: pd.DataFrame
+    tmp_path: Path, run_dir: Path, log: pd.DataFrame, log_file: Path
 ) -> None:
-    events = tmp_path / "events.parquet"
-    log.to_parquet(events)
-    base = ["refresh", "--run", str(run_dir), "--events", str(events), "--no-progress"]
+    base = ["refresh", "--run", str(run_dir), "--events", str(log_file), "--no-progress"]
     assert cli.main([*base, "--store", str(tmp_path / "fp32")]) == 0
     assert cli.main([*base, "--store", str(tmp_path / "fp16"), "--dtype", "float16"]) == 0
     with sqlite3.connect(tmp_path / "fp16" / "part-00000-of-00001.sqlite") as db:
@@ -204,17 +198,15 @@ def test_store_refuses_another_models_memories(tmp_path: Path, run_dir: Path, lo
 
 
 def test_torchrun_style_workers_each_write_their_own_partitions(
-    tmp_path: Path, run_dir: Path, log: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, run_dir: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """RANK / WORLD_SIZE (as torchrun sets them) make each process one worker of the partitioning."""
-    events = tmp_path / "events.parquet"
-    log.to_parquet(events)
     argv = [
         "refresh",
         "--run",
         str(run_dir),
         "--events",
-        str(events),
+        str(log_file),
         "--store",
         str(tmp_path / "s"),
         "--no-progress",
