@@ -33,5 +33,12 @@ def atomic_outputs(out_dir: Path, names: list[str], overwrite: bool) -> Iterator
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def torchrun_world() -> tuple[int, int] | None:
+    """(rank, world size) when torchrun started this process (RANK and WORLD_SIZE set), else None."""
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return None
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

@@ -155,8 +155,7 @@ class DistributedTrainer(_Trainer):
         losses = train_epoch(
             self.model, self._on_device(loader), self.optimizer, f"epoch {epoch}", total=len(loader)
         )
-        total = int(self.cluster.sum([float(samples)])[0])
-        return self.cluster.mean_losses(losses, samples), total
+        return self.cluster.mean_losses(losses, samples)
 
     def predict(self, split: str) -> Predictions:
         loader = self.loader(split)

@@ -41,6 +41,7 @@ from cmrec.store import (
     partition_path,
     read_store_info,
 )
+from pipelines._common import torchrun_world
 
 DESCRIPTION = "Apply new click events to the per-user memories of a store (incremental, idempotent)."
 
@@ -134,9 +135,7 @@ def _worker_identity(args: argparse.Namespace) -> tuple[int, int]:
         if args.num_workers < 1:
             raise CmrecError(f"--num-workers must be >= 1, got {args.num_workers}")
         return 0, args.num_workers
-    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:  # launched by torchrun
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    return 0, 1
+    return torchrun_world() or (0, 1)
 
 
 def _rebuild_folder(store: Path) -> Path:

@@ -18,7 +18,6 @@ continued with --resume); RUN_DIR/checkpoint.pt is converted from RUN_DIR/distri
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -40,14 +39,13 @@ from cmrec.progress import set_progress
 from cmrec.tracking import RunTracker, tracking_uri
 from cmrec.train.distributed import (
     EMBEDDING_OPTIMIZERS,
-    GPU_ONLY_OPTIMIZERS,
     SHARDING_TYPES,
     ShardingOptions,
     complete_checkpoint,
     launch,
 )
 from cmrec.train.loop import Predictions
-from pipelines._common import write_json
+from pipelines._common import torchrun_world, write_json
 from pipelines._data import add_data_arguments, load_data
 from pipelines._trainers import DISTRIBUTED_DIR, DistributedTrainer, LocalTrainer
 
@@ -122,18 +120,14 @@ def run(args: argparse.Namespace) -> int:
         raise CmrecError("--epochs >= 1, --patience >= 1 and an even --batch-size >= 2 are required")
     overrides = read_overrides(args.config)
     config = model_config(args.model, overrides)  # unknown keys and bad values fail before any work
-    under_torchrun = "WORLD_SIZE" in os.environ and "RANK" in os.environ
+    under_torchrun = torchrun_world() is not None
     if args.resume and args.nproc is None and not under_torchrun:
         raise CmrecError("--resume continues a multi-process run: give --nproc N as well")
     if args.nproc is not None and not under_torchrun:
         if args.nproc < 1:
             raise CmrecError(f"--nproc must be >= 1, got {args.nproc}")
-        ShardingOptions(args.sharding, args.embedding_optimizer, args.embedding_lr, args.lr)  # checks
-        if args.embedding_optimizer in GPU_ONLY_OPTIMIZERS and not torch.cuda.is_available():
-            raise CmrecError(
-                f"--embedding-optimizer {args.embedding_optimizer} runs on GPU only (FBGEMM refuses fused "
-                "Adam on CPU); use rowwise-adagrad, adagrad or sgd here"
-            )
+        options = ShardingOptions(args.sharding, args.embedding_optimizer, args.embedding_lr, args.lr)
+        options.check_device("cuda" if torch.cuda.is_available() else "cpu")  # before any process starts
         if args.resume and complete_checkpoint(args.out / DISTRIBUTED_DIR / "last") is None:
             raise CmrecError(f"{args.out / DISTRIBUTED_DIR / 'last'}: nothing to resume")
         code = launch(args.nproc, args.argv)
@@ -219,8 +213,9 @@ def _fit(
         if tracker is not None:
             for row in loop["epochs"]:
                 tracker.log_metrics(_epoch_metrics(row), step=row["epoch"])
-    stopped = loop["waited"] >= args.patience
-    for epoch in range(loop["next_epoch"], args.epochs if not stopped else 0):
+    # A resumed run that had already stopped early trains no further epoch.
+    last = args.epochs if loop["waited"] < args.patience else loop["next_epoch"]
+    for epoch in range(loop["next_epoch"], last):
         started = time.perf_counter()
         losses, samples = trainer.train_epoch(epoch)
         loop["train_seconds"] += time.perf_counter() - started
@@ -251,7 +246,9 @@ def _fit(
     if not loop["epochs"]:
         raise CmrecError("no epoch was trained")
     trainer.restore_best()
-    predictions = trainer.predict("test")
+    predictions = trainer.predict("test")  # every rank takes part; only rank 0 reports
+    if not main:
+        return {}
     test = _metrics(predictions)
     buckets = bucket_aucs(
         evidence_buckets(data.histories, data.test, data.max_len),
@@ -279,8 +276,6 @@ def _fit(
             "plan": trainer.plan,
             "embedding_optimizer": args.embedding_optimizer,
         }
-    if not main:
-        return summary
     write_json(args.out / "metrics.json", summary)
     write_predictions(args.out / PREDICTIONS, predictions)
     plot_losses(epochs, args.out / "losses.png")

@@ -105,6 +105,14 @@ class ShardingOptions:
         if not (self.embedding_lr > 0 and self.dense_lr > 0):
             raise ConfigError("learning rates must be > 0")
 
+    def check_device(self, device_type: str) -> None:
+        """Refuse a table optimiser that cannot run on `device_type` ("cpu" or "cuda")."""
+        if self.embedding_optimizer in GPU_ONLY_OPTIMIZERS and device_type != "cuda":
+            raise ConfigError(
+                f"the fused {self.embedding_optimizer!r} embedding optimizer runs on GPU only (FBGEMM "
+                "refuses it on CPU); use rowwise-adagrad, adagrad or sgd"
+            )
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -156,11 +164,13 @@ class Cluster:
         dist.all_reduce(tensor)
         return tensor.cpu().tolist()
 
-    def mean_losses(self, losses: Mapping[str, float], samples: int) -> dict[str, float]:
-        """Sample-weighted means of per-rank loss means over all ranks (same keys on every rank)."""
+    def mean_losses(self, losses: Mapping[str, float], samples: int) -> tuple[dict[str, float], int]:
+        """Sample-weighted means of per-rank loss means over all ranks (same keys on every rank),
+        and the samples of all ranks; one collective."""
         names = sorted(losses)
         sums = self.sum([losses[n] * samples for n in names] + [float(samples)])
-        return {n: s / max(sums[-1], 1.0) for n, s in zip(names, sums[:-1], strict=True)}
+        means = {n: s / max(sums[-1], 1.0) for n, s in zip(names, sums[:-1], strict=True)}
+        return means, int(sums[-1])
 
     def gather_predictions(self, predictions: Predictions, rows: np.ndarray, num_rows: int) -> Predictions:
         """All ranks' predictions in sample-row order, each row once (wrapped-around repeats dropped).
@@ -196,12 +206,8 @@ def shard_model(
     the sharded model starts from exactly its weights.
     """
     embeddings = _item_embeddings(model)
-    if options.embedding_optimizer in GPU_ONLY_OPTIMIZERS and cluster.device.type != "cuda":
-        raise ConfigError(
-            f"the fused {options.embedding_optimizer!r} embedding optimizer runs on GPU only (FBGEMM "
-            "refuses it on CPU); use rowwise-adagrad, adagrad or sgd"
-        )
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    options.check_device(cluster.device.type)
+    initial = model.state_dict()  # detached references: the unsharded tables outlive sharding here
     optimizer_type = EMBEDDING_OPTIMIZERS[options.embedding_optimizer]
     apply_optimizer_in_backward(
         optimizer_type, embeddings.collection.parameters(), {"lr": options.embedding_lr}
@@ -361,7 +367,7 @@ def plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
         target = Path(scratch) / "full.pt"
         dcp_to_torch_save(path, target)
         loaded = torch.load(target, weights_only=True)
-    return {key: value for key, value in loaded["model"].items()}
+    return dict(loaded["model"])
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
