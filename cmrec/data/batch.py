@@ -197,8 +197,7 @@ class PairBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, num_samples: int, batch_size: int, shuffle: bool = False, seed: int = 0) -> None:
-        if batch_size < 2 or batch_size % 2:
-            raise ConfigError(f"batch_size must be an even number >= 2, got {batch_size}")
+        _check_batch_size(batch_size)
         if num_samples % 2:
             raise ConfigError(f"samples come in positive/negative pairs; got {num_samples} rows")
         self.num_pairs = num_samples // 2
@@ -218,8 +217,7 @@ class PairBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             pairs = np.random.default_rng(self.seed + self.epoch).permutation(self.num_pairs)
         for begin in range(0, self.num_pairs, self.pairs_per_batch):
-            chosen = pairs[begin : begin + self.pairs_per_batch]
-            yield np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1).tolist()
+            yield _pair_rows(pairs[begin : begin + self.pairs_per_batch])
 
 
 class UserShardBatchSampler(Sampler[list[int]]):
@@ -248,8 +246,7 @@ class UserShardBatchSampler(Sampler[list[int]]):
         shuffle: bool = False,
         seed: int = 0,
     ) -> None:
-        if batch_size < 2 or batch_size % 2:
-            raise ConfigError(f"batch_size must be an even number >= 2, got {batch_size}")
+        _check_batch_size(batch_size)
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is not in a world of {world_size} processes")
         owner = assign_users(pair_users, world_size)
@@ -279,12 +276,21 @@ class UserShardBatchSampler(Sampler[list[int]]):
             pairs = pairs[rng.permutation(len(pairs))]
         own = [pairs[b : b + self.pairs_per_batch] for b in range(0, len(pairs), self.pairs_per_batch)]
         for index in range(self.num_batches):
-            chosen = own[index % len(own)]
-            yield np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1).tolist()
+            yield _pair_rows(own[index % len(own)])
 
     def rows(self) -> np.ndarray:
         """Sample rows in the order this epoch yields them (wrapped-around repeats included)."""
         return np.asarray([row for batch in self for row in batch], dtype=np.int64)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 2 or batch_size % 2:
+        raise ConfigError(f"batch_size must be an even number >= 2, got {batch_size}")
+
+
+def _pair_rows(pairs: np.ndarray) -> list[int]:
+    """Sample rows of pairs, each pair's positive and negative side by side: 2i, 2i + 1."""
+    return np.stack([2 * pairs, 2 * pairs + 1], axis=1).reshape(-1).tolist()
 
 
 def assign_users(pair_users: np.ndarray, world_size: int) -> np.ndarray:
