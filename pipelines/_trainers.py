@@ -11,13 +11,14 @@ import argparse
 import copy
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cmrec.data.batch import Batch, HistoryNegatives, UserShardBatchSampler, make_loader
+from cmrec.data.batch import Batch, DenseSupervision, HistoryNegatives, UserShardBatchSampler, make_loader
 from cmrec.data.dataset import ClickLogData
 from cmrec.errors import CmrecError
 from cmrec.train import distributed
@@ -29,14 +30,18 @@ from cmrec.train.checkpoint import (
     read_payload,
     write_payload,
 )
-from cmrec.train.loop import Predictions, predict, train_epoch
+from cmrec.train.loop import EpochResult, Predictions, predict, train_epoch
 
 DISTRIBUTED_DIR = "distributed"  # RUN/distributed/{best,last}/: torch.distributed.checkpoint folders
 SPEC = "spec.pt"  # RUN/distributed/spec.pt: the checkpoint payload without weights (for `convert`)
 
 
 class _Trainer:
-    """What both trainers share: the run's settings and its loaders (sharded by user when `shard`)."""
+    """What both trainers share: the run's settings and its loaders (sharded by user when `shard`).
+
+    Only the training loader carries dense targets (`dense`), drawn anew each epoch; validation and
+    test keep their held-out targets.
+    """
 
     shard: tuple[int, int] | None = None  # (rank, world size)
 
@@ -45,12 +50,18 @@ class _Trainer:
         args: argparse.Namespace,
         data: ClickLogData,
         negatives: HistoryNegatives | None,
+        dense: DenseSupervision | None,
         name: str,
         config: Any,
     ) -> None:
         self.args, self.data, self.negatives, self.name, self.config = args, data, negatives, name, config
+        self.dense = dense
 
     def loader(self, split: str, shuffle: bool = False, epoch: int = 0) -> Any:
+        dense = None
+        if split == "train" and self.dense is not None:
+            rank = 0 if self.shard is None else self.shard[0]
+            dense = replace(self.dense, seed=(self.args.seed * 1000 + epoch) * 1009 + rank)
         return make_loader(
             self.data.histories,
             self.data.split(split),
@@ -60,6 +71,7 @@ class _Trainer:
             seed=self.args.seed * 1000 + epoch,
             negatives=self.negatives,
             shard=self.shard,
+            dense=dense,
         )
 
 
@@ -74,18 +86,18 @@ class LocalTrainer(_Trainer):
         data: ClickLogData,
         model: nn.Module,
         negatives: HistoryNegatives | None,
+        dense: DenseSupervision | None,
         name: str,
         config: Any,
     ) -> None:
-        super().__init__(args, data, negatives, name, config)
+        super().__init__(args, data, negatives, dense, name, config)
         self.model = model
         self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         self._best: dict[str, torch.Tensor] | None = None
 
-    def train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
-        """Mean loss terms of one epoch, and the samples it trained on."""
-        losses = train_epoch(self.model, self.loader("train", True, epoch), self.optimizer, f"epoch {epoch}")
-        return losses, len(self.data.train)
+    def train_epoch(self, epoch: int) -> EpochResult:
+        """Mean loss terms of one epoch, the samples and the labelled targets it trained on."""
+        return train_epoch(self.model, self.loader("train", True, epoch), self.optimizer, f"epoch {epoch}")
 
     def predict(self, split: str) -> Predictions:
         return predict(self.model, self.loader(split), desc=split)
@@ -123,10 +135,11 @@ class DistributedTrainer(_Trainer):
         data: ClickLogData,
         model: nn.Module,
         negatives: HistoryNegatives | None,
+        dense: DenseSupervision | None,
         name: str,
         config: Any,
     ) -> None:
-        super().__init__(args, data, negatives, name, config)
+        super().__init__(args, data, negatives, dense, name, config)
         self.cluster = distributed.Cluster.from_env()
         self.is_main = self.cluster.is_main
         self.shard = (self.cluster.rank, self.cluster.world_size)
@@ -148,14 +161,12 @@ class DistributedTrainer(_Trainer):
         for batch in loader:
             yield batch.to(self.cluster.device)
 
-    def train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
+    def train_epoch(self, epoch: int) -> EpochResult:
         loader = self.loader("train", True, epoch)
-        sampler: UserShardBatchSampler = loader.batch_sampler
-        samples = len(sampler.rows())
-        losses = train_epoch(
+        local = train_epoch(
             self.model, self._on_device(loader), self.optimizer, f"epoch {epoch}", total=len(loader)
         )
-        return self.cluster.mean_losses(losses, samples)
+        return EpochResult(*self.cluster.mean_losses(local.losses, local.samples, local.targets))
 
     def predict(self, split: str) -> Predictions:
         loader = self.loader(split)

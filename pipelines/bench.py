@@ -32,8 +32,9 @@ from cmrec.data import (
     make_loader,
     validate_events,
 )
-from cmrec.data.batch import Batch
+from cmrec.data.batch import Batch, DenseSupervision
 from cmrec.data.dataset import ClickLogData
+from cmrec.data.samples import NegativeSampler
 from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.errors import ConfigError
 from cmrec.models import ContinualMemoryModel, DataSpec, build_model, model_names
@@ -101,8 +102,16 @@ def _bench_model(name: str, data: ClickLogData, args: argparse.Namespace) -> dic
     negatives = None
     if getattr(model, "needs_history_negatives", False):  # a capability the model declares
         negatives = HistoryNegatives(len(data.vocabs.items), data.vocabs.item_category, args.seed)
-    loader = make_loader(data.histories, data.train, args.batch_size, args.length, negatives=negatives)
+    dense = None
+    request = getattr(model, "dense_targets", None)  # dense supervision, as the model's config asks
+    if request is not None:
+        sampler = NegativeSampler(len(data.vocabs.items))
+        dense = DenseSupervision(request, sampler, data.vocabs.item_category, args.seed)
+    loader = make_loader(
+        data.histories, data.train, args.batch_size, args.length, negatives=negatives, dense=dense
+    )
     batches = list(loader)[: args.steps + 1]
+    targets = sum(b.num_samples + len(b.history_targets or ()) for b in batches[1:]) / args.steps
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(batch: Batch) -> None:
@@ -122,6 +131,11 @@ def _bench_model(name: str, data: ClickLogData, args: argparse.Namespace) -> dic
         "model": name,
         "step_seconds": round(seconds, 4),
         "samples_per_second": round(args.batch_size / seconds, 2),
+        # Labelled rows (samples + dense targets inside the histories) a step trains on, and the
+        # wall-clock of one epoch over 1,000 users (each user one training sample pair).
+        "targets_per_batch": targets,
+        "targets_per_second": round(targets / seconds, 1),
+        "epoch_seconds_per_1000_users": round(seconds * 1000 / (args.batch_size // 2), 1),
         "train_flops_per_sample": counter.get_total_flops() / args.batch_size,
         "train_gflops_per_second": round(counter.get_total_flops() / seconds / 1e9, 2),
     }
@@ -162,8 +176,9 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
     ids, _ = segment_jagged(batch.history["item"].values(), lengths, config.segment_len)
     x = x.requires_grad_()
     features = model.machine.encoder(x, mask).detach().requires_grad_()
-    memory = model.machine(model.initial_memory(lengths.numel()), x, mask).detach().requires_grad_()
     initial = model.initial_memory(lengths.numel())
+    states = model.machine.trajectory(initial, x, mask).detach().requires_grad_()  # (H, T, K, d_m)
+    memory = states[:, -1]
 
     def update_loop() -> torch.Tensor:
         return model.machine.write_features(initial, features, mask)
@@ -172,9 +187,7 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
         "embeddings": lambda: model.embeddings(batch.history)[0],
         "encoder": lambda: model.machine.encoder(x, mask),
         "memory_update": update_loop,
-        "reason_head": lambda: model.score(
-            memory[batch.history_index], batch.target_items, batch.target_categories
-        ),
+        "reason_head": lambda: model.reason_logits(states, batch)[0],  # samples and dense targets
     }
     if model.recall is not None:
         recall = model.recall
@@ -203,6 +216,8 @@ def _print(result: dict[str, Any], common: dict[str, Any]) -> None:
         f"{result['model']}: L={common['length']}, batch {common['batch_size']}: "
         f"{result['step_seconds']:.3f} s/step (forward + backward + Adam), "
         f"{result['samples_per_second']:.1f} samples/s, "
+        f"{result['targets_per_second']:.0f} targets/s, "
+        f"{result['epoch_seconds_per_1000_users']:.0f} s/epoch per 1,000 users, "
         f"{result['train_flops_per_sample'] / 1e9:.2f} GFLOP/sample, "
         f"{result['train_gflops_per_second']:.1f} GFLOP/s "
         f"(matmul alone: {common['matmul_gflops_per_second']:.1f} GFLOP/s)"

@@ -1,8 +1,12 @@
 """`cmrec compare`: the table of tracked runs, read back from MLflow, mean ± std over seeds.
 
-One row per (model, data): runs, AUC, GAUC, logloss, training samples/s, memory bytes per user
-(what serving must store per user: CM's K x d_m float32 memory; an end-to-end model's history of
-max_len int32 item and category ids), and the forgetting diagnostic's AUC per evidence-age bucket.
+One row per (model, data), or per (--label, data) for runs given labels: runs, AUC, GAUC, logloss,
+training samples/s, labelled targets (pairs) per training user and epoch, training seconds per
+epoch, memory bytes per user (what serving must store per user: CM's K x d_m float32 memory; an
+end-to-end model's history of max_len int32 item and category ids), and the forgetting
+diagnostic's AUC per evidence-age bucket. Below each data set's models, its heuristic floors as
+rows (`cmrec.eval.heuristics`, logged by every run on the same test targets): category frequency
+in the last 50 events and in the whole history, and item popularity in the training region.
 """
 
 from __future__ import annotations
@@ -22,8 +26,15 @@ COLUMNS = [
     ("gauc", "metrics.test_gauc"),
     ("logloss", "metrics.test_logloss"),
     ("samples/s", "metrics.train_samples_per_second"),
+    ("targets/user", "metrics.train_targets_per_user"),
+    ("s/epoch", "metrics.train_seconds_per_epoch"),
     ("bytes/user", "metrics.memory_bytes_per_user"),
 ] + [(f"auc {b}", f"metrics.test_auc_{b}") for b in BUCKETS]
+FLOORS = [
+    ("floor: category, last 50", "metrics.floor_recent_auc"),
+    ("floor: category, whole history", "metrics.floor_whole_auc"),
+    ("floor: item popularity", "metrics.floor_popularity_auc"),
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,26 +53,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def comparison(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std per (model, data) of the tracked runs' metrics."""
+    runs = runs.copy()
+    # A run's row name: its --label (runs tracked before labels existed: the model name).
+    labels = runs["params.label"] if "params.label" in runs else pd.Series(None, index=runs.index)
+    runs["row"] = labels.fillna(runs["params.model"])
     rows = []
-    for (model, data), group in runs.groupby(["params.model", "params.data"], sort=True):
-        row: dict[str, object] = {"model": model, "data": data, "runs": len(group)}
-        for name, column in COLUMNS:
-            values = (
-                pd.to_numeric(group[column], errors="coerce").dropna() if column in group else pd.Series()
+    for data, runs_of_data in runs.groupby("params.data", sort=True):
+        for model, group in runs_of_data.groupby("row", sort=True):
+            row: dict[str, object] = {"model": model, "data": data, "runs": len(group)}
+            row.update({name: _summary(name, group, column) for name, column in COLUMNS})
+            rows.append(row)
+        # A floor depends on the data and its seed only: each distinct value once (one per seed).
+        for name, column in FLOORS:
+            if column not in runs_of_data:
+                continue
+            seeds = runs_of_data.drop_duplicates("params.seed")
+            if not pd.to_numeric(seeds[column], errors="coerce").notna().any():
+                continue
+            rows.append(
+                {"model": name, "data": data, "runs": len(seeds), "auc": _summary("auc", seeds, column)}
             )
-            if values.empty:
-                row[name] = ""
-            elif len(values) == 1:
-                row[name] = _format(name, values.iloc[0])
-            else:
-                row[name] = f"{_format(name, values.mean())} ± {_format(name, values.std(ddof=1))}"
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["model", "data", "runs"] + [name for name, _ in COLUMNS]).fillna("")
+
+
+def _summary(name: str, group: pd.DataFrame, column: str) -> str:
+    """Mean ± sample std of a metric over runs ("" when no run has it)."""
+    values = pd.to_numeric(group[column], errors="coerce").dropna() if column in group else pd.Series()
+    if values.empty:
+        return ""
+    if len(values) == 1:
+        return _format(name, values.iloc[0])
+    return f"{_format(name, values.mean())} ± {_format(name, values.std(ddof=1))}"
 
 
 def _format(name: str, value: float) -> str:
     if name in ("samples/s", "bytes/user"):
         return f"{value:,.0f}"
+    if name in ("targets/user", "s/epoch"):
+        return f"{value:,.1f}"
     return f"{value:.4f}"
 
 

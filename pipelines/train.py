@@ -24,14 +24,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
 
-from cmrec.data.batch import HistoryNegatives
+from cmrec.data.batch import DenseSupervision, HistoryNegatives
 from cmrec.data.dataset import ClickLogData
+from cmrec.data.samples import NegativeSampler
 from cmrec.errors import CmrecError
 from cmrec.eval.forgetting import bucket_aucs, evidence_buckets
+from cmrec.eval.heuristics import heuristic_floors
 from cmrec.eval.metrics import ctr_metrics
 from cmrec.eval.plots import plot_forgetting, plot_losses, plot_roc
 from cmrec.models.registry import DataSpec, build_model, model_config, model_names
@@ -75,6 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, negatives and shuffling")
     parser.add_argument("--config", type=Path, help="YAML file of model config values to override")
     parser.add_argument("--experiment", default="cmrec", help="MLflow experiment (default cmrec)")
+    parser.add_argument(
+        "--label",
+        help="the row name of this run in `cmrec compare` (default: the model name); runs of one "
+        "model with other --config values need labels of their own",
+    )
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     group = parser.add_argument_group("multi-process training (TorchRec DistributedModelParallel)")
     group.add_argument(
@@ -138,14 +146,20 @@ def run(args: argparse.Namespace) -> int:
     negatives = None
     if getattr(model, "needs_history_negatives", False):  # a capability the model declares
         negatives = HistoryNegatives(len(data.vocabs.items), data.vocabs.item_category, args.seed)
+    dense = None
+    request = getattr(model, "dense_targets", None)  # dense supervision, as the model's config asks
+    if request is not None:
+        sampler = NegativeSampler(len(data.vocabs.items))  # uniform, as the held-out targets' negatives
+        dense = DenseSupervision(request, sampler, data.vocabs.item_category, args.seed)
     trainer: LocalTrainer | DistributedTrainer
     if under_torchrun:
-        trainer = DistributedTrainer(args, data, model, negatives, args.model, config)
+        trainer = DistributedTrainer(args, data, model, negatives, dense, args.model, config)
         set_progress(trainer.is_main)
     else:
-        trainer = LocalTrainer(args, data, model, negatives, args.model, config)
+        trainer = LocalTrainer(args, data, model, negatives, dense, args.model, config)
     params = {
         "model": args.model,
+        "label": args.label or args.model,
         "data": source,
         "seed": args.seed,
         "lr": args.lr,
@@ -205,6 +219,7 @@ def _fit(
         "waited": 0,
         "train_seconds": 0.0,
         "samples_seen": 0,
+        "targets_seen": 0,
         "params": {k: str(v) for k, v in params.items() if not k.startswith(("plan.", "processes"))},
     }
     if args.resume:
@@ -217,9 +232,11 @@ def _fit(
     last = args.epochs if loop["waited"] < args.patience else loop["next_epoch"]
     for epoch in range(loop["next_epoch"], last):
         started = time.perf_counter()
-        losses, samples = trainer.train_epoch(epoch)
+        result = trainer.train_epoch(epoch)
+        losses = result.losses
         loop["train_seconds"] += time.perf_counter() - started
-        loop["samples_seen"] += samples
+        loop["samples_seen"] += result.samples
+        loop["targets_seen"] += result.targets
         valid = _metrics(trainer.predict("valid"))
         row = {"epoch": epoch, "train": losses, "valid": valid}
         loop["epochs"].append(row)
@@ -257,6 +274,8 @@ def _fit(
     )
     epochs = loop["epochs"]
     best_epoch = loop["best_epoch"]
+    seconds = max(loop["train_seconds"], 1e-9)
+    training_users = len(np.unique(data.histories.users[data.train.sequence]))
     summary = {
         "model": args.model,
         "data": params["data"],
@@ -265,7 +284,13 @@ def _fit(
         "test": test,
         "valid": next(row["valid"] for row in epochs if row["epoch"] == best_epoch),
         "forgetting": buckets,
-        "train_samples_per_second": loop["samples_seen"] / max(loop["train_seconds"], 1e-9),
+        "train_samples_per_second": loop["samples_seen"] / seconds,
+        # Labelled pairs (a positive and its negative) per training user and epoch: 1 for XLong's
+        # one target, hundreds with dense supervision.
+        "train_targets_per_user": loop["targets_seen"] / 2 / len(epochs) / max(training_users, 1),
+        "train_targets_per_second": loop["targets_seen"] / seconds,
+        "train_seconds_per_epoch": loop["train_seconds"] / len(epochs),
+        "floors": heuristic_floors(data),
         "memory_bytes_per_user": _memory_bytes_per_user(trainer.config, data),
         "epochs": epochs,
     }
@@ -291,10 +316,17 @@ def _fit(
         tracker.log_metrics({f"test_auc_{b}": v["auc"] for b, v in buckets.items()})
         tracker.log_metrics(
             {
-                "train_samples_per_second": summary["train_samples_per_second"],
-                "memory_bytes_per_user": summary["memory_bytes_per_user"],
+                name: summary[name]
+                for name in (
+                    "train_samples_per_second",
+                    "train_targets_per_user",
+                    "train_targets_per_second",
+                    "train_seconds_per_epoch",
+                    "memory_bytes_per_user",
+                )
             }
         )
+        tracker.log_metrics({f"floor_{name}": value for name, value in summary["floors"].items()})
         for name in ("metrics.json", "losses.png", "roc.png", "forgetting.png"):
             tracker.log_artifact(args.out / name)
         tracker.log_model(trainer.plain_model())
@@ -306,7 +338,7 @@ def _resumed(saved: dict[str, Any], fresh: dict[str, Any], args: argparse.Namesp
     changed = sorted(
         key
         for key in set(saved.get("params", {})) | set(fresh["params"])
-        if key != "epochs" and saved.get("params", {}).get(key) != fresh["params"].get(key)
+        if key not in ("epochs", "label") and saved.get("params", {}).get(key) != fresh["params"].get(key)
     )
     if changed:
         raise CmrecError(
@@ -314,7 +346,7 @@ def _resumed(saved: dict[str, Any], fresh: dict[str, Any], args: argparse.Namesp
             + ", ".join(f"{k}: {saved.get('params', {}).get(k)} -> {fresh['params'].get(k)}" for k in changed)
             + "); resume with the same settings (only --epochs may grow)"
         )
-    loop = {key: saved[key] for key in fresh if key in saved}
+    loop = {key: saved.get(key, value) for key, value in fresh.items()}
     loop["params"] = fresh["params"]
     return loop
 

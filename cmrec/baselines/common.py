@@ -10,8 +10,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from cmrec.data.batch import HistoryTargets
 from cmrec.errors import ConfigError
 from cmrec.memory.segments import segment_jagged
+
+# Dense targets of the end-to-end baselines are drawn per 20-click segment, like CM's (N = 20), so
+# every model trains on the same distribution of targets.
+DENSE_SEGMENT = 20
 
 
 def pad_histories(values: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,3 +74,17 @@ def check_positive(owner: str, **values: int | Sequence[int]) -> None:
         items = list(value) if isinstance(value, Sequence) else [value]
         if not items or any(not isinstance(v, int) or v < 1 for v in items):
             raise ConfigError(f"{owner}.{name} must be positive integer(s), got {value!r}")
+
+
+def check_dense(owner: str, per_segment: int, last_segments: int) -> None:
+    """Config validation of the dense-supervision settings (see `DenseTargets`)."""
+    if per_segment < 0 or last_segments < 0 or per_segment > DENSE_SEGMENT:
+        raise ConfigError(
+            f"{owner}.dense_per_segment must be in [0, {DENSE_SEGMENT}] and dense_last_segments >= 0, "
+            f"got {per_segment} and {last_segments}"
+        )
+
+
+def prefix_rows(states: torch.Tensor, targets: HistoryTargets) -> torch.Tensor:
+    """(H, L, F) per-event states -> (D, F) the state after the event before each target."""
+    return states[targets.history_row, targets.position - 1]

@@ -111,7 +111,7 @@ class DIENModel(nn.Module):
         return ModelOutput(logits=logits, losses=losses, weights=weights)
 
     def _extract(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Interest states, zero past each history's end (right-padded GRU: see gru4rec.final_states)."""
+        """Interest states, zero past each history's end (right-padded GRU: see gru4rec.last_states)."""
         states, _ = self.extractor(x)  # (H, L, G)
         steps = torch.arange(x.shape[1], device=x.device)[None, :]
         return states * (steps < lengths[:, None])[..., None]

@@ -1,6 +1,6 @@
 """GRU4REC as a CTR model, as the MIMN and HPMN code bases run it on XLong.
 
-A GRU over the history's embeddings (right-padded; padding changes nothing, see `final_states`); its
+A GRU over the history's embeddings (right-padded; padding changes nothing, see `last_states`); its
 final state, the candidate's embedding and their product go through an MLP (200, 80, PReLU) to a logit.
 Hidden size = d = 64 to match CM's embedding size. Shape letters: H histories, L longest history,
 S samples, D features.
@@ -14,33 +14,38 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from cmrec.baselines.common import MLP, check_positive, pad_histories
-from cmrec.data.batch import Batch
+from cmrec.baselines.common import DENSE_SEGMENT, MLP, check_dense, check_positive, pad_histories, prefix_rows
+from cmrec.data.batch import Batch, DenseTargets
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.output import ModelOutput
 
 
 @dataclass(frozen=True)
 class GRU4RecConfig:
+    """Args: item_dim, hidden, mlp (hidden widths); dense_per_segment, dense_last_segments: dense
+    supervision as `CMConfig`'s (targets scored from the hidden state after the previous event)."""
+
     item_dim: int = 64
     hidden: int = 64
     mlp: tuple[int, ...] = (200, 80)
+    dense_per_segment: int = 0
+    dense_last_segments: int = 0
 
     def __post_init__(self) -> None:
         check_positive("GRU4RecConfig", item_dim=self.item_dim, hidden=self.hidden, mlp=self.mlp)
+        check_dense("GRU4RecConfig", self.dense_per_segment, self.dense_last_segments)
 
 
-def final_states(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Last real state of each history: (H, L, D), (H,) -> (H, hidden); zeros for empty histories.
+def last_states(states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(H, L, hidden) GRU states of right-padded histories -> (H, hidden); zeros for empty histories.
 
-    Runs the GRU over the right-padded batch and reads each history's state at its last real step,
-    so padding never changes a result (states past a history's end are never read). Packing would
-    also skip the padded steps, but on this CPU build the backward pass of a packed GRU takes about
-    90 times longer than a padded one at L = 1,000 (27 s against 0.3 s for 64 histories).
+    The GRU runs over the right-padded batch and each history's state is read at its last real
+    step, so padding never changes a result (states past a history's end are never read). Packing
+    would also skip the padded steps, but on this CPU build the backward pass of a packed GRU takes
+    about 90 times longer than a padded one at L = 1,000 (27 s against 0.3 s for 64 histories).
     """
-    states, _ = gru(x)  # (H, L, hidden)
     last = (lengths - 1).clamp(min=0)
-    final = states[torch.arange(x.shape[0], device=x.device), last]  # (H, hidden)
+    final = states[torch.arange(states.shape[0], device=states.device), last]  # (H, hidden)
     return torch.where((lengths > 0)[:, None], final, torch.zeros_like(final))
 
 
@@ -57,12 +62,27 @@ class GRU4RecModel(nn.Module):
             nn.Linear(config.item_dim, config.hidden) if config.hidden != config.item_dim else nn.Identity()
         )
 
+        self.dense_targets = DenseTargets.request(
+            DENSE_SEGMENT, config.dense_per_segment, config.dense_last_segments
+        )
+
     def forward(self, batch: Batch) -> ModelOutput:
         values, lengths = self.embeddings(batch.history)
         x, _ = pad_histories(values, lengths)  # (H, L, D)
-        state = final_states(self.gru, x, lengths)[batch.history_index]  # (S, hidden)
-        target = self.embeddings.lookup(batch.target_items, batch.target_categories)  # (S, D)
-        features = torch.cat([state, target, self.target_proj(target) * state], dim=-1)
-        logits = self.mlp(features).squeeze(-1)
-        loss = functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        states, _ = self.gru(x)  # (H, L, hidden)
+        state = last_states(states, lengths)[batch.history_index]  # (S, hidden)
+        logits = self._logits(state, batch.target_items, batch.target_categories)
+        all_logits, labels = logits, batch.labels
+        targets = batch.history_targets
+        if targets is not None and len(targets):  # the hidden state after the event before each click
+            dense = self._logits(prefix_rows(states, targets), targets.items, targets.categories)
+            all_logits, labels = torch.cat([logits, dense]), torch.cat([labels, targets.labels])
+        loss = functional.binary_cross_entropy_with_logits(all_logits, labels)
         return ModelOutput(logits=logits, losses={"ctr": loss}, weights={"ctr": 1.0})
+
+    def _logits(
+        self, state: torch.Tensor, items: torch.Tensor, categories: torch.Tensor | None
+    ) -> torch.Tensor:
+        target = self.embeddings.lookup(items, categories)  # (S, D)
+        features = torch.cat([state, target, self.target_proj(target) * state], dim=-1)
+        return self.mlp(features).squeeze(-1)

@@ -6,6 +6,11 @@ in the batch.
 A batch stores each distinct (sequence, prefix) history once; ``history_index`` maps each sample to
 its history row. The positive and the negative of one target share one history, so a model builds
 that user's memory once and scores both targets from it.
+
+Dense supervision (`DenseTargets`, training only): the clicks *inside* each history are labelled
+targets too. A model already computes its state after every segment of a history on the way to the
+final one, so the state after segment t can score the clicks of segment t + 1 against sampled
+negatives: hundreds of labelled pairs per user for one encoder pass, where XLong gives one.
 """
 
 from __future__ import annotations
@@ -18,12 +23,51 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from cmrec.data.samples import Histories, Samples, concat_ranges
+from cmrec.data.samples import Histories, NegativeSampler, Samples, concat_ranges
 from cmrec.data.vocab import NUM_RESERVED
 from cmrec.errors import ConfigError
 
 ITEM_KEY = "item"
 CATEGORY_KEY = "category"
+
+
+@dataclass
+class HistoryTargets:
+    """Labelled targets inside the batch's histories (dense supervision).
+
+    Target j is the click at index ``position[j]`` of history row ``history_row[j]`` (label 1), or a
+    sampled item the user did not click there (label 0); positives and negatives alternate like the
+    sample rows. A model scores it from its state after events ``[0, position)`` of that history;
+    a segment-memory model from its memory after the ``position // N`` whole segments before it.
+    No target lies in the first segment (``position >= segment_len``).
+
+    Args:
+        history_row: (D,) int64 row of `Batch.history`.
+        position: (D,) int64 index of the click inside that history.
+        items: (D,) int64 candidate item index.
+        categories: (D,) int64 candidate category index, or None without categories.
+        labels: (D,) float32.
+    """
+
+    history_row: torch.Tensor
+    position: torch.Tensor
+    items: torch.Tensor
+    categories: torch.Tensor | None
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> HistoryTargets:
+        return HistoryTargets(
+            history_row=self.history_row.to(device, non_blocking=non_blocking),
+            position=self.position.to(device, non_blocking=non_blocking),
+            items=self.items.to(device, non_blocking=non_blocking),
+            categories=None
+            if self.categories is None
+            else self.categories.to(device, non_blocking=non_blocking),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+        )
 
 
 @dataclass
@@ -41,6 +85,8 @@ class Batch:
         history_negatives: KJT like `history` (same keys and lengths) holding, for every history
             event, a sampled item that the user did not click there (and its category); only
             when the loader was asked for them (DIEN's auxiliary loss), else None.
+        history_targets: labelled clicks inside the histories (`HistoryTargets`), only when the
+            loader was asked for dense targets (training loaders of models that declare them).
     """
 
     history: KeyedJaggedTensor
@@ -50,6 +96,7 @@ class Batch:
     labels: torch.Tensor
     user_ids: torch.Tensor
     history_negatives: KeyedJaggedTensor | None = None
+    history_targets: HistoryTargets | None = None
 
     @property
     def num_samples(self) -> int:
@@ -75,6 +122,9 @@ class Batch:
                 if self.history_negatives is None
                 else self.history_negatives.to(torch.device(device), non_blocking=non_blocking)
             ),
+            history_targets=(
+                None if self.history_targets is None else self.history_targets.to(device, non_blocking)
+            ),
         )
 
 
@@ -96,6 +146,56 @@ class HistoryNegatives:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class DenseTargets:
+    """What a model asks of its training loader for dense supervision (see `HistoryTargets`).
+
+    The clicks of every segment but the first of each training history become targets, each with
+    one sampled negative. A model declares this (its config's settings), the trainer passes it on.
+
+    Args:
+        segment_len: N; targets start at the second segment and are drawn per segment.
+        per_segment: clicks drawn (without replacement) from each segment; 0 takes every click.
+        last_segments: only the last m segments of each history give targets; 0 takes all.
+    """
+
+    segment_len: int = 20
+    per_segment: int = 0
+    last_segments: int = 0
+
+    def __post_init__(self) -> None:
+        if self.segment_len < 1 or self.per_segment < 0 or self.last_segments < 0:
+            raise ConfigError(
+                "DenseTargets needs segment_len >= 1, per_segment >= 0 and last_segments >= 0, got "
+                f"{self.segment_len}, {self.per_segment}, {self.last_segments}"
+            )
+
+    @classmethod
+    def request(cls, segment_len: int, per_segment: int, last_segments: int) -> DenseTargets | None:
+        """A model config's dense settings as a request: None when ``per_segment`` is 0 (off);
+        ``per_segment >= segment_len`` takes every click."""
+        if per_segment == 0:
+            return None
+        return cls(segment_len, per_segment if per_segment < segment_len else 0, last_segments)
+
+
+@dataclass(frozen=True)
+class DenseSupervision:
+    """A training loader's dense targets: the model's request plus the data's negative sampler.
+
+    Args:
+        targets: the model's `DenseTargets`.
+        sampler: draws the negatives (uniform or by popularity, as the data's split).
+        item_category: (num_items,) category index per item, for the negatives' categories.
+        seed: seeds target and negative draws; a loader's batches are then reproducible.
+    """
+
+    targets: DenseTargets
+    sampler: NegativeSampler
+    item_category: np.ndarray | None = None
+    seed: int = 0
+
+
 class Collator:
     """Builds a `Batch` from sample row indices; use as a DataLoader's ``collate_fn``.
 
@@ -104,6 +204,7 @@ class Collator:
         samples: the sample rows the indices refer to.
         max_len: keep only the last `max_len` events of each history.
         negatives: also sample one negative item per history event (see `HistoryNegatives`).
+        dense: also label clicks inside the histories (see `DenseSupervision`).
     """
 
     def __init__(
@@ -112,6 +213,7 @@ class Collator:
         samples: Samples,
         max_len: int,
         negatives: HistoryNegatives | None = None,
+        dense: DenseSupervision | None = None,
     ) -> None:
         if max_len < 1:
             raise ConfigError(f"max_len must be >= 1, got {max_len}")
@@ -119,7 +221,9 @@ class Collator:
         self.samples = samples
         self.max_len = max_len
         self.negatives = negatives
+        self.dense = dense
         self._rng = np.random.default_rng(negatives.seed if negatives else 0)
+        self._dense_rng = np.random.default_rng(dense.seed if dense else 0)
 
     def __call__(self, indices: Sequence[int] | np.ndarray) -> Batch:
         rows = np.asarray(indices, dtype=np.int64)
@@ -149,6 +253,9 @@ class Collator:
         if self.negatives is not None:
             negatives_kjt = _jagged(keys_out, self._sample_negatives(values[0], len(keys_out) > 1), lengths)
         categories = self.samples.target_category
+        history_targets = None
+        if self.dense is not None:
+            history_targets = self._history_targets(values, lengths)
         return Batch(
             history=kjt,
             history_index=torch.from_numpy(history_index.astype(np.int64)),
@@ -159,6 +266,46 @@ class Collator:
             labels=torch.from_numpy(self.samples.label[rows].astype(np.float32)),
             user_ids=torch.from_numpy(self.histories.users[seq].astype(np.int64)),
             history_negatives=negatives_kjt,
+            history_targets=history_targets,
+        )
+
+    def _history_targets(self, values: list[np.ndarray], lengths: np.ndarray) -> HistoryTargets:
+        """Clicks of the second and later segments of each history, with one negative each."""
+        assert self.dense is not None
+        spec, rng = self.dense.targets, self._dense_rng
+        n = spec.segment_len
+        segments = -(-lengths // n)  # (H,) T_h, the last one possibly partial
+        first = np.maximum(1, segments - spec.last_segments) if spec.last_segments else np.ones_like(segments)
+        begin = np.minimum(first * n, lengths)  # (H,) first target position of each history
+        count = lengths - begin
+        row = np.repeat(np.arange(len(lengths)), count)  # (D',) candidate targets
+        position = concat_ranges(begin, count)
+        flat = (np.cumsum(lengths) - lengths)[row] + position  # index into the batch's flat events
+        items = values[0][flat].astype(np.int64)
+        keep = items >= NUM_RESERVED  # never padding or out-of-vocabulary clicks
+        if spec.per_segment:
+            group = row * (int(segments.max(initial=0)) + 1) + position // n  # (history, segment)
+            order = np.lexsort((rng.random(len(group)), group))
+            starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]])
+            rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+            chosen = np.zeros(len(group), dtype=bool)
+            chosen[order[rank < spec.per_segment]] = True
+            keep &= chosen
+        row, position, flat, items = row[keep], position[keep], flat[keep], items[keep]
+        negatives = self.dense.sampler.sample(items, rng)
+        pair_items = np.stack([items, negatives], axis=1).reshape(-1)  # positive, negative, ...
+        pair_categories = None
+        if len(values) > 1:
+            if self.dense.item_category is None:
+                raise ConfigError("dense targets of data with categories need item_category")
+            own = values[1][flat].astype(np.int64)
+            pair_categories = np.stack([own, self.dense.item_category[negatives]], axis=1).reshape(-1)
+        return HistoryTargets(
+            history_row=torch.from_numpy(np.repeat(row, 2).astype(np.int64)),
+            position=torch.from_numpy(np.repeat(position, 2).astype(np.int64)),
+            items=torch.from_numpy(pair_items),
+            categories=None if pair_categories is None else torch.from_numpy(pair_categories),
+            labels=torch.from_numpy(np.tile(np.array([1.0, 0.0], dtype=np.float32), len(items))),
         )
 
     def _sample_negatives(self, items: np.ndarray, with_categories: bool) -> list[np.ndarray]:
@@ -317,6 +464,7 @@ def make_loader(
     num_workers: int = 0,
     negatives: HistoryNegatives | None = None,
     shard: tuple[int, int] | None = None,
+    dense: DenseSupervision | None = None,
 ) -> DataLoader[Batch]:
     """A DataLoader of `Batch` over `samples`, pairs kept together.
 
@@ -331,6 +479,6 @@ def make_loader(
     return DataLoader(
         range(len(samples)),  # type: ignore[arg-type]
         batch_sampler=sampler,
-        collate_fn=Collator(histories, samples, max_len, negatives),
+        collate_fn=Collator(histories, samples, max_len, negatives, dense),
         num_workers=num_workers,
     )

@@ -1,12 +1,29 @@
 """The reason model R for recommendation (paper Appendix A.1): multi-hop attention over memory.
 
 Shape letters: S samples, K slots, d_m slot width, d_x item width, d_model query width.
+
+Two read-outs of the hops' final query q_C:
+
+* ``linear`` (the paper's): ``logit = w^T q_C``. Candidate and memory meet only through the
+  attention weights, so the logit cannot say "the memory holds what this candidate is".
+* ``match`` (cmrec's default): an MLP (200, 80, PReLU) over ``[q_0; q_C; q_0 ⊙ q_C; q_0 − q_C;
+  max_k s_k; logsumexp_k s_k]`` where ``s_k = (W_m q_0)·m_k / sqrt(d_m)`` is how strongly slot k
+  matches the candidate; the max and the log-sum-exp say how much of the memory is about it, which
+  a softmax-weighted average alone hides. Still memory and candidate only: serving is unchanged.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+
+from cmrec.baselines.common import MLP
+from cmrec.errors import ConfigError
+
+Readout = Literal["linear", "match"]
+READOUTS: tuple[str, ...] = ("linear", "match")
 
 
 class _Hop(nn.Module):
@@ -20,15 +37,22 @@ class _Hop(nn.Module):
         self.score = nn.Linear(model_dim, 1, bias=False)  # w^c
         self.next_query = nn.Linear(memory_dim + model_dim, model_dim, bias=False)  # W_q
 
-    def forward(self, memory: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        scores = self.score(torch.tanh(self.query(query)[:, None, :] + self.slot(memory)))  # (S, K, 1)
+    def forward(
+        self, memory: torch.Tensor, query: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """memory: (M, K, d_m); query: (S, d_model); rows: (S,) memory row of each query (None: M = S)."""
+        # Project each memory once, then gather: many queries (dense targets) share one memory.
+        slots = self.slot(memory)  # (M, K, d_model)
+        if rows is not None:
+            memory, slots = memory[rows], slots[rows]  # (S, K, d_m), (S, K, d_model)
+        scores = self.score(torch.tanh(self.query(query)[:, None, :] + slots))  # (S, K, 1)
         weights = torch.softmax(scores, dim=1)  # over slots
         evidence = (weights * memory).sum(dim=1)  # (S, d_m) e_c
         return self.next_query(torch.cat([evidence, query], dim=-1))  # (S, d_model) q_c
 
 
 class ReasonHead(nn.Module):
-    """Scores a candidate against a memory alone: C hops of attention, then a linear CTR logit.
+    """Scores a candidate against a memory alone: C hops of attention, then a CTR logit.
 
     The query q_0 is the candidate's embedding (projected to d_model when d_x differs).
 
@@ -37,22 +61,54 @@ class ReasonHead(nn.Module):
         memory_dim: d_m.
         model_dim: d_model.
         hops: C (the paper uses 1 for sequence recommendation).
+        readout: "linear" (the paper's) or "match" (see the module docstring).
+        mlp: hidden widths of the "match" read-out's MLP.
 
     Example::
 
-        head = ReasonHead(item_dim=64, memory_dim=64, model_dim=64, hops=1)
+        head = ReasonHead(item_dim=64, memory_dim=64, model_dim=64, hops=1, readout="match")
         logits = head(memory, candidates)   # (S, K, 64), (S, 64) -> (S,)
     """
 
-    def __init__(self, item_dim: int, memory_dim: int, model_dim: int, hops: int) -> None:
+    def __init__(
+        self,
+        item_dim: int,
+        memory_dim: int,
+        model_dim: int,
+        hops: int,
+        readout: Readout = "linear",
+        mlp: tuple[int, ...] = (200, 80),
+    ) -> None:
         super().__init__()
+        if readout not in READOUTS:
+            raise ConfigError(f"readout must be one of {READOUTS}, got {readout!r}")
+        self.readout = readout
         self.query_in: nn.Module = nn.Linear(item_dim, model_dim) if item_dim != model_dim else nn.Identity()
         self.hops = nn.ModuleList([_Hop(memory_dim, model_dim) for _ in range(hops)])
-        self.output = nn.Linear(model_dim, 1)
+        self.output: nn.Module
+        if readout == "linear":
+            self.output = nn.Linear(model_dim, 1)
+        else:
+            self.match = nn.Linear(model_dim, memory_dim, bias=False)  # W_m
+            self.output = MLP(4 * model_dim + 2, mlp)
 
-    def forward(self, memory: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """memory: (S, K, d_m); candidates: (S, d_x) -> (S,) logits."""
-        query = self.query_in(candidates)  # (S, d_model) q_0
+    def forward(
+        self, memory: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """memory: (S, K, d_m); candidates: (S, d_x) -> (S,) logits.
+
+        With `rows` (S,), memory is (M, K, d_m) and candidate i is scored against memory
+        ``rows[i]``: the same logits as ``forward(memory[rows], candidates)``, cheaper when many
+        candidates share a memory.
+        """
+        first = query = self.query_in(candidates)  # (S, d_model) q_0
         for hop in self.hops:
-            query = hop(memory, query)
-        return self.output(query).squeeze(-1)
+            query = hop(memory, query, rows)
+        if self.readout == "linear":
+            return self.output(query).squeeze(-1)
+        if rows is not None:
+            memory = memory[rows]  # (S, K, d_m)
+        scores = (memory @ self.match(first)[:, :, None]).squeeze(-1) * memory.shape[-1] ** -0.5  # (S, K)
+        strength = torch.stack([scores.amax(dim=1), torch.logsumexp(scores, dim=1)], dim=-1)  # (S, 2)
+        features = torch.cat([first, query, first * query, first - query, strength], dim=-1)
+        return self.output(features).squeeze(-1)

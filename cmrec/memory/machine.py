@@ -57,15 +57,31 @@ class ContinualMemoryMachine(nn.Module):
         features = self.encoder(x, mask)  # (B, T, N, d_x), one call for all segments
         return self.write_features(memory, features, mask)
 
+    def trajectory(self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Like `forward`, but the memory after *every* segment: (B, T, K, d_m), oldest first.
+
+        ``trajectory(...)[:, -1]`` is `forward`'s result (trailing padding segments change nothing);
+        ``[:, t]`` is the memory after segments 0..t, what dense training scores segment t + 1 with.
+        """
+        features = self.encoder(x, mask)  # (B, T, N, d_x)
+        return torch.stack(self._states(memory, features, mask), dim=1)
+
     def write_features(
         self, memory: torch.Tensor, features: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """The memory update alone: write already encoded (B, T, N, d_x) features, oldest first."""
+        states = self._states(memory, features, mask)
+        return states[-1] if states else memory
+
+    def _states(self, memory: torch.Tensor, features: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """The T memories after each segment, (B, K, d_m) each: the one update loop."""
         projected = self.update.project_items(features)  # (B, T, N, d_model)
         live = mask.any(dim=-1)  # (B, T) segments with at least one item
+        states = []
         # unbind once: indexing [:, t] in the loop would give each step's backward a whole-size gradient.
         steps = zip(features.unbind(1), projected.unbind(1), mask.unbind(1), live.unbind(1), strict=True)
         for features_t, projected_t, mask_t, live_t in steps:  # sequential over segments only
             written = self.update(memory, features_t, projected_t, mask_t)
             memory = torch.where(live_t[:, None, None], written, memory)
-        return memory
+            states.append(memory)
+        return states

@@ -32,7 +32,9 @@ class MemoryUpdate(nn.Module):
         memory = update(memory, features, projected, mask)  # (B, K, 64)
     """
 
-    def __init__(self, memory_dim: int, item_dim: int, model_dim: int, subspaces: int) -> None:
+    def __init__(
+        self, memory_dim: int, item_dim: int, model_dim: int, subspaces: int, retention_init: float = 0.0
+    ) -> None:
         super().__init__()
         self.subspaces = subspaces
         self.slot_attention = nn.Linear(memory_dim, model_dim, bias=False)  # W1a
@@ -42,6 +44,23 @@ class MemoryUpdate(nn.Module):
         self.aligned_heads = nn.Linear(item_dim, model_dim, bias=False)  # W^L_z for all z
         self.gru = GroupedGRUCell(subspaces, model_dim // subspaces, model_dim // subspaces)
         self.aggregate = nn.Linear(model_dim, memory_dim, bias=False)  # W_o
+        if retention_init > 0:
+            self._init_for_retention(retention_init)
+
+    @torch.no_grad()
+    def _init_for_retention(self, gate_bias: float) -> None:
+        """Start from a memory that keeps what it holds (the paper does not give an initialisation).
+
+        With PyTorch's default initialisation a slot passes W^M, the GRU and W_o at every segment,
+        and W_o W^M shrinks it about threefold each time: after 25 segments nothing of the first
+        is left before training has begun. Here W^M is orthogonal and W_o its transpose (W_o W^M =
+        I when d_m = d_model), and the GRU's update gates start mostly closed (bias + `gate_bias`),
+        so an untrained memory carries old segments forward; training decides what to overwrite.
+        """
+        nn.init.orthogonal_(self.slot_heads.weight)
+        self.aggregate.weight.copy_(self.slot_heads.weight.T)
+        hidden = self.gru.hidden_size
+        self.gru.bias_ih[:, hidden : 2 * hidden] += gate_bias  # the update gate z (order r, z, n)
 
     def project_items(self, features: torch.Tensor) -> torch.Tensor:
         """W2a f + b_a for any (..., N, d_x) features; computed once for all segments."""

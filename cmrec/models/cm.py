@@ -58,9 +58,22 @@ class ContinualMemoryModel(nn.Module):
             config.dropout,
             config.segment_len,
         )
-        update = MemoryUpdate(config.memory_dim, config.item_dim, config.model_dim, config.subspaces)
+        update = MemoryUpdate(
+            config.memory_dim,
+            config.item_dim,
+            config.model_dim,
+            config.subspaces,
+            config.retention_init,
+        )
         self.machine = ContinualMemoryMachine(encoder, update, config.slots, config.memory_dim)
-        self.reason = ReasonHead(config.item_dim, config.memory_dim, config.model_dim, config.hops)
+        self.reason = ReasonHead(
+            config.item_dim,
+            config.memory_dim,
+            config.model_dim,
+            config.hops,
+            readout="match" if config.readout == "match" else "linear",
+        )
+        self.dense_targets = config.dense_targets  # what the training loader must add to batches
         self.recall: HistoryRecall | None = None
         if config.uses_recall:
             self.recall = HistoryRecall(
@@ -130,16 +143,48 @@ class ContinualMemoryModel(nn.Module):
         Returns:
             memory (H, K, d_m), x (H, T, N, d_x), ids (H, T, N), mask (H, T, N).
         """
+        states, x, ids, mask = self.build_trajectory(history)
+        return states[:, -1], x, ids, mask
+
+    def build_trajectory(
+        self, history: KeyedJaggedTensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`build_memory` with the memory after every segment: states (H, T, K, d_m), x, ids, mask."""
         values, lengths = self.embeddings(history)  # (E, d_x), (H,)
         x, mask = segment_jagged(values, lengths, self.config.segment_len)
         ids, _ = segment_jagged(history[ITEM_KEY].values(), lengths, self.config.segment_len)
-        memory = self.machine(self.initial_memory(lengths.numel()), x, mask)
-        return memory, x, ids, mask
+        states = self.machine.trajectory(self.initial_memory(lengths.numel()), x, mask)
+        return states, x, ids, mask
+
+    def reason_logits(self, states: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of the batch's samples, then of its dense targets (if any).
+
+        Args:
+            states: (H, T, K, d_m) the memory after every segment (`build_trajectory`).
+
+        Returns:
+            logits (S + D,) and labels (S + D,); the first S are the samples'.
+        """
+        segments = states.shape[1]
+        rows = batch.history_index * segments + segments - 1  # (S,) rows of states.flatten(0, 1)
+        items, categories, labels = batch.target_items, batch.target_categories, batch.labels
+        targets = batch.history_targets
+        if targets is not None and len(targets):
+            # Dense supervision: the memory after the position // N whole segments before each click.
+            before = targets.history_row * segments + targets.position // self.config.segment_len - 1
+            rows = torch.cat([rows, before])
+            items = torch.cat([items, targets.items])
+            categories = None if categories is None else torch.cat([categories, _given(targets.categories)])
+            labels = torch.cat([labels, targets.labels])
+        candidates = self.embeddings.lookup(items, categories)  # (S + D, d_x)
+        return self.reason(states.flatten(0, 1), candidates, rows), labels  # one head call for all
 
     def forward(self, batch: Batch) -> ModelOutput:
-        memory, x, ids, mask = self.build_memory(batch.history)  # one memory per distinct history
-        logits = self.score(memory[batch.history_index], batch.target_items, batch.target_categories)
-        losses = {"reason": functional.binary_cross_entropy_with_logits(logits, batch.labels)}
+        states, x, ids, mask = self.build_trajectory(batch.history)  # one pass per distinct history
+        memory = states[:, -1]  # (H, K, d_m)
+        all_logits, labels = self.reason_logits(states, batch)
+        logits = all_logits[: batch.num_samples]
+        losses = {"reason": functional.binary_cross_entropy_with_logits(all_logits, labels)}
         if self.recall is not None and self.training:
             sampled_ids = torch.randint(
                 NUM_RESERVED, self.embeddings.num_items, (self.config.sampled_items,), device=logits.device
@@ -147,3 +192,9 @@ class ContinualMemoryModel(nn.Module):
             sampled = self.embeddings.lookup(sampled_ids)  # (P, d_x)
             losses.update(self.recall(memory, x, ids, mask, sampled_ids, sampled))
         return ModelOutput(logits=logits, losses=losses, weights=dict(self.loss_weights))
+
+
+def _given(tensor: torch.Tensor | None) -> torch.Tensor:
+    if tensor is None:
+        raise ConfigError("the samples have categories but the dense targets have none")
+    return tensor

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from cmrec.data.batch import DenseTargets
 from cmrec.errors import ConfigError
+from cmrec.heads.reason import READOUTS
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,15 @@ class CMConfig:
         sampled_items: contrastive candidates of L_item (200).
         hops: C attention hops of the reason head (1 for recommendation).
         lambda_item, lambda_seq, lambda_reason: loss weights (1.0, 0.5, 1.0).
+        readout: the reason head's read-out, "linear" (the paper's) or "match" (cmrec's: an MLP
+            over candidate x memory interactions; see `cmrec.heads.reason`).
+        dense_per_segment: dense supervision (not in the paper: 0, off): clicks of each segment
+            after the first that the memory before that segment scores against sampled
+            negatives, besides the sample's own target; ``segment_len`` or more takes every click.
+        dense_last_segments: only the last m segments of a history give dense targets (0: all).
+        retention_init: 0 (PyTorch's default initialisation; the paper gives none), or a
+            memory update initialised to keep what it holds: W_o = (W^M)^T orthogonal and the
+            GRU update gates' bias raised by this value (see `MemoryUpdate`).
     """
 
     item_dim: int = 64
@@ -53,6 +64,10 @@ class CMConfig:
     lambda_item: float = 1.0
     lambda_seq: float = 0.5
     lambda_reason: float = 1.0
+    readout: str = "linear"
+    dense_per_segment: int = 0
+    dense_last_segments: int = 0
+    retention_init: float = 0.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -82,8 +97,21 @@ class CMConfig:
         for name in ("lambda_item", "lambda_seq", "lambda_reason"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"CMConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.readout not in READOUTS:
+            raise ConfigError(f"CMConfig.readout must be one of {READOUTS}, got {self.readout!r}")
+        for name in ("dense_per_segment", "dense_last_segments"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"CMConfig.{name} must be an integer >= 0, got {value!r}")
+        if self.retention_init < 0:
+            raise ConfigError(f"CMConfig.retention_init must be >= 0, got {self.retention_init}")
         if self.lambda_reason == 0:
             raise ConfigError("CMConfig.lambda_reason must be > 0: the CTR head is what CM is trained for")
+
+    @property
+    def dense_targets(self) -> DenseTargets | None:
+        """What the training loader must add to each batch; None without dense supervision."""
+        return DenseTargets.request(self.segment_len, self.dense_per_segment, self.dense_last_segments)
 
     @property
     def uses_recall(self) -> bool:

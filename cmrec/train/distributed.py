@@ -164,13 +164,15 @@ class Cluster:
         dist.all_reduce(tensor)
         return tensor.cpu().tolist()
 
-    def mean_losses(self, losses: Mapping[str, float], samples: int) -> tuple[dict[str, float], int]:
+    def mean_losses(
+        self, losses: Mapping[str, float], samples: int, targets: int
+    ) -> tuple[dict[str, float], int, int]:
         """Sample-weighted means of per-rank loss means over all ranks (same keys on every rank),
-        and the samples of all ranks; one collective."""
+        and the samples and labelled targets of all ranks; one collective."""
         names = sorted(losses)
-        sums = self.sum([losses[n] * samples for n in names] + [float(samples)])
-        means = {n: s / max(sums[-1], 1.0) for n, s in zip(names, sums[:-1], strict=True)}
-        return means, int(sums[-1])
+        sums = self.sum([losses[n] * samples for n in names] + [float(samples), float(targets)])
+        means = {n: s / max(sums[-2], 1.0) for n, s in zip(names, sums[:-2], strict=True)}
+        return means, int(sums[-2]), int(sums[-1])
 
     def gather_predictions(self, predictions: Predictions, rows: np.ndarray, num_rows: int) -> Predictions:
         """All ranks' predictions in sample-row order, each row once (wrapped-around repeats dropped).

@@ -20,6 +20,16 @@ from cmrec.progress import progress
 
 
 @dataclass(frozen=True)
+class EpochResult:
+    """One training epoch: the sample-weighted mean of each loss term and of the total, the samples
+    trained on, and the labelled targets (samples plus dense targets inside the histories)."""
+
+    losses: dict[str, float]
+    samples: int
+    targets: int
+
+
+@dataclass(frozen=True)
 class Predictions:
     """Click probabilities of a pass over a data set, with labels and user indices."""
 
@@ -34,11 +44,11 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     desc: str = "train",
     total: int | None = None,
-) -> dict[str, float]:
-    """One pass of training; returns the sample-weighted mean of each loss term and of the total."""
+) -> EpochResult:
+    """One pass of training: loss means, samples and labelled targets (see `EpochResult`)."""
     model.train()
     sums: dict[str, float] = defaultdict(float)
-    seen = 0
+    seen = targets = 0
     started = time.perf_counter()
     bar = progress(batches, desc=desc, unit="batch", total=total)
     for batch in bar:
@@ -49,15 +59,20 @@ def train_epoch(
         optimizer.step()
         size = batch.num_samples
         seen += size
+        targets += size + (0 if batch.history_targets is None else len(batch.history_targets))
         sums["total"] += float(loss.detach()) * size
         for name, value in output.losses.items():
             sums[name] += float(value.detach()) * size
         if hasattr(bar, "set_postfix"):  # running means of the loss terms, and throughput
             running = {name: f"{value / seen:.3f}" for name, value in sums.items()}
+            elapsed = time.perf_counter() - started
             bar.set_postfix(
-                running, samples_per_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False
+                running,
+                samples_per_s=f"{seen / elapsed:.0f}",
+                targets_per_s=f"{targets / elapsed:.0f}",
+                refresh=False,
             )
-    return {name: value / max(seen, 1) for name, value in sums.items()}
+    return EpochResult({name: value / max(seen, 1) for name, value in sums.items()}, seen, targets)
 
 
 @torch.no_grad()

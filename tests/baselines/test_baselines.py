@@ -133,8 +133,8 @@ def test_each_baseline_learns(data: ClickLogData, name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, DataSpec.from_vocabs(data.vocabs), SMALL[name])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = train_epoch(model, _loader(data, size=64, shuffle=True, seed=0), optimizer)
-    losses = train_epoch(model, _loader(data, size=64, shuffle=True, seed=1), optimizer)
+    first = train_epoch(model, _loader(data, size=64, shuffle=True, seed=0), optimizer).losses
+    losses = train_epoch(model, _loader(data, size=64, shuffle=True, seed=1), optimizer).losses
     assert losses["total"] < first["total"]
     predictions = predict(model, _loader(data, "test", size=256))
     auc = roc_auc_score(predictions.labels, predictions.scores)
@@ -149,6 +149,8 @@ def test_each_baseline_learns(data: ClickLogData, name: str) -> None:
         ("dien", {"mlp": ()}, "mlp must be positive"),
         ("gru4rec", {"hidden": 0}, "hidden must be positive"),
         ("avg-pool", {"item_dim": -3}, "item_dim must be positive"),
+        ("avg-pool", {"dense_per_segment": 21}, "dense_per_segment must be in \\[0, 20\\]"),
+        ("gru4rec", {"dense_last_segments": -1}, "dense_last_segments >= 0"),
     ],
 )
 def test_bad_configs(name: str, overrides: dict[str, Any], message: str) -> None:

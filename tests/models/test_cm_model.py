@@ -30,9 +30,16 @@ def _batch(data, size: int = 16):  # type: ignore[no-untyped-def]
 
 
 def test_presets_are_registered_with_the_papers_ablations() -> None:
-    assert {"cm", "cm-only-reason", "cm-only-item", "cm-only-seq", "cm-single-head"} <= set(model_names())
-    assert model_config("cm") == CMConfig()
-    assert (model_config("cm-only-reason").lambda_item, model_config("cm-only-reason").lambda_seq) == (0, 0)
+    names = {"cm", "cm-paper", "cm-only-reason", "cm-only-item", "cm-only-seq", "cm-single-head"}
+    assert names <= set(model_names())
+    assert model_config("cm-paper") == CMConfig()  # the paper's recipe: the config's defaults
+    product = model_config("cm")
+    assert product.readout == "match" and product.dense_targets is not None
+    assert CMConfig().readout == "linear" and CMConfig().dense_targets is None
+    # The ablations remove one part of the product preset and keep the rest.
+    only_reason = model_config("cm-only-reason")
+    assert (only_reason.lambda_item, only_reason.lambda_seq) == (0, 0)
+    assert only_reason.readout == product.readout and only_reason.dense_targets == product.dense_targets
     assert model_config("cm-single-head").subspaces == 1
     paper = CMConfig()
     assert (paper.item_dim, paper.memory_dim, paper.model_dim, paper.slots, paper.segment_len) == (
@@ -124,9 +131,13 @@ def test_fragments_mask_half_and_borrow_from_other_users() -> None:
         ({"lambda_seq": -1.0}, "lambda_seq must be >= 0"),
         ({"lambda_reason": 0.0}, "lambda_reason must be > 0"),
         ({"dropout": 1.0}, "dropout must be in"),
+        ({"readout": "mlp"}, "readout must be one of"),
+        ({"dense_per_segment": -1}, "dense_per_segment must be an integer >= 0"),
+        ({"dense_last_segments": 1.5}, "dense_last_segments must be an integer >= 0"),
+        ({"retention_init": -1.0}, "retention_init must be >= 0"),
     ],
 )
-def test_bad_config_values(overrides: dict[str, float], message: str) -> None:
+def test_bad_config_values(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         model_config("cm", overrides)
 
@@ -170,7 +181,7 @@ def test_cm_learns_on_generated_data(small_data) -> None:  # type: ignore[no-unt
     history = []
     for epoch in range(3):
         loader = make_loader(small_data.histories, small_data.train, 64, 60, shuffle=True, seed=epoch)
-        history.append(train_epoch(model, loader, optimizer))
+        history.append(train_epoch(model, loader, optimizer).losses)
     predictions = predict(model, make_loader(small_data.histories, small_data.test, 256, 60))
     auc = roc_auc_score(predictions.labels, predictions.scores)
     print(f"learning test: AUC {auc:.4f}; losses by epoch {history}")

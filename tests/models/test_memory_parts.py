@@ -7,6 +7,7 @@ from torch.testing import assert_close
 
 from cmrec.memory.gru import GroupedGRUCell
 from cmrec.memory.segments import segment_jagged
+from cmrec.memory.update import MemoryUpdate
 
 
 def test_grouped_gru_equals_separate_torch_gru_cells() -> None:
@@ -43,3 +44,25 @@ def test_segment_jagged_layout() -> None:
     assert not mask[2].any()
     features, _ = segment_jagged(torch.randn(7, 3, requires_grad=True), torch.tensor([5, 2, 0]), 2)
     assert features.shape == (3, 3, 2, 3) and features.requires_grad
+
+
+def test_retention_init_starts_from_a_memory_that_keeps_what_it_holds() -> None:
+    torch.manual_seed(0)
+    default = MemoryUpdate(memory_dim=16, item_dim=8, model_dim=16, subspaces=4)
+    retaining = MemoryUpdate(memory_dim=16, item_dim=8, model_dim=16, subspaces=4, retention_init=3.0)
+    identity = retaining.aggregate.weight @ retaining.slot_heads.weight  # W_o W^M
+    torch.testing.assert_close(identity, torch.eye(16), rtol=0, atol=1e-5)
+    hidden = retaining.gru.hidden_size
+    raised = retaining.gru.bias_ih[:, hidden : 2 * hidden] - 3.0
+    assert raised.abs().max() <= hidden**-0.5  # the default draw, moved up by the gate bias
+    # An untrained memory written with 25 segments still holds much of its start with the
+    # retentive initialisation, and almost nothing of it with the default one.
+    start = torch.randn(4, 5, 16)
+    kept = []
+    for update in (default, retaining):
+        memory = start
+        for _ in range(25):
+            features = torch.randn(4, 6, 8)
+            memory = update(memory, features, update.project_items(features), torch.ones(4, 6, dtype=torch.bool))
+        kept.append(torch.nn.functional.cosine_similarity(memory.flatten(1), start.flatten(1)).mean())
+    assert kept[0] < 0.2 < 0.5 < kept[1], kept

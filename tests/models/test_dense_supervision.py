@@ -1,0 +1,94 @@
+"""Dense supervision in the models: each dense target is scored exactly as a sample whose history
+ends where the target's state does (CM: at the segment boundary before it; the end-to-end
+baselines: at the event before it), and the reason/ctr loss averages over samples and targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional
+from torch.testing import assert_close
+
+from cmrec.data import SplitConfig, build_from_events, make_loader, validate_events
+from cmrec.data.batch import Batch, Collator, DenseSupervision
+from cmrec.data.dataset import ClickLogData
+from cmrec.data.samples import NegativeSampler, Samples
+from cmrec.data.synthetic import SyntheticConfig, generate
+from cmrec.heads.reason import ReasonHead
+from cmrec.models import DataSpec, build_model
+from tests.models.conftest import TINY
+
+SMALL: dict[str, dict[str, Any]] = {
+    "cm": {**TINY, "dense_per_segment": 2},
+    "cm-paper": {**TINY, "dense_per_segment": 4},  # the paper's linear read-out, every click
+    "gru4rec": {"item_dim": 8, "hidden": 8, "mlp": (16,), "dense_per_segment": 3},
+    "avg-pool": {"item_dim": 8, "mlp": (16,), "dense_per_segment": 20, "dense_last_segments": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def data() -> ClickLogData:
+    log = generate(SyntheticConfig(users=12, length=40, items=60, categories=6, seed=4))
+    return build_from_events(validate_events(log.events()), SplitConfig(max_len=100))
+
+
+def _dense_batch(data: ClickLogData, model: torch.nn.Module) -> Batch:
+    sampler = NegativeSampler(len(data.vocabs.items))
+    dense = DenseSupervision(model.dense_targets, sampler, data.vocabs.item_category, seed=3)
+    return next(iter(make_loader(data.histories, data.train, 16, data.max_len, dense=dense)))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_dense_targets_are_scored_like_samples_that_end_at_their_state(data: ClickLogData, name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, DataSpec.from_vocabs(data.vocabs), SMALL[name]).eval()
+    batch = _dense_batch(data, model)
+    targets = batch.history_targets
+    assert targets is not None and len(targets) > 0
+    # max_len exceeds every history, so each history row is its sequence's first `prefix` events.
+    rows = np.flatnonzero(np.r_[True, np.diff(batch.history_index.numpy()) != 0])[: batch.num_histories]
+    sequence = data.train.sequence[np.arange(16)][rows]
+    position = targets.position.numpy()
+    if name.startswith("cm"):  # the memory after the whole segments before the click
+        n = model.config.segment_len
+        position = position // n * n
+    assert targets.categories is not None
+    alone = Samples(
+        sequence=sequence[targets.history_row.numpy()],
+        prefix_len=position,
+        target_item=targets.items.numpy(),
+        target_category=targets.categories.numpy(),
+        label=targets.labels.numpy(),
+    )
+    expected = model(Collator(data.histories, alone, data.max_len)(np.arange(len(alone)))).logits
+    output = model(batch)
+    name_of_loss = "reason" if name.startswith("cm") else "ctr"
+    want = functional.binary_cross_entropy_with_logits(
+        torch.cat([output.logits, expected]), torch.cat([batch.labels, targets.labels])
+    )
+    assert_close(output.losses[name_of_loss], want, rtol=1e-5, atol=1e-6)
+    # And the samples' own logits do not depend on the dense targets.
+    batch.history_targets = None
+    assert_close(model(batch).logits, output.logits)
+
+
+@pytest.mark.parametrize("readout", ["linear", "match"])
+def test_head_rows_equal_gathered_memories(readout: str) -> None:
+    torch.manual_seed(0)
+    head = ReasonHead(item_dim=6, memory_dim=5, model_dim=8, hops=2, readout=readout)  # type: ignore[arg-type]
+    memory, candidates = torch.randn(4, 3, 5), torch.randn(9, 6)
+    rows = torch.tensor([0, 3, 3, 1, 2, 0, 0, 3, 1])
+    assert_close(head(memory, candidates, rows), head(memory[rows], candidates))
+
+
+def test_dense_targets_add_gradient_to_the_encoder(data: ClickLogData) -> None:
+    """Without recall losses, the reason loss alone trains the encoder through every boundary."""
+    torch.manual_seed(0)
+    model = build_model("cm-only-reason", DataSpec.from_vocabs(data.vocabs), {**TINY, "dense_per_segment": 4})
+    batch = _dense_batch(data, model)
+    model(batch).total().backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.count_nonzero(parameter.grad) > 0, name
