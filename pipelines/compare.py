@@ -31,8 +31,8 @@ COLUMNS = [
     ("bytes/user", "metrics.memory_bytes_per_user"),
 ] + [(f"auc {b}", f"metrics.test_auc_{b}") for b in BUCKETS]
 FLOORS = [
-    ("floor: category, last 50", "metrics.floor_recent_auc"),
-    ("floor: category, whole history", "metrics.floor_whole_auc"),
+    ("floor: category in last 50", "metrics.floor_recent_auc"),
+    ("floor: category in whole history", "metrics.floor_whole_auc"),
     ("floor: item popularity", "metrics.floor_popularity_auc"),
 ]
 

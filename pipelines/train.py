@@ -66,14 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=128,
-        help="samples per batch (default 128; per process with --nproc)",
+        default=32,
+        help="samples per batch (default 32: 16 users, each with its dense targets; per process with "
+        "--nproc)",
     )
     parser.add_argument(
         "--lr",
         type=float,
-        default=1e-3,
-        help="Adam learning rate (paper: 1e-3); with --nproc of the dense part",
+        default=3e-3,
+        help="Adam learning rate (default 3e-3; the paper's recipe: 1e-3); with --nproc of the dense part",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, negatives and shuffling")
     parser.add_argument("--config", type=Path, help="YAML file of model config values to override")

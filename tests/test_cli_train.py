@@ -69,8 +69,23 @@ def test_train_writes_a_run_folder_evaluate_and_compare_read_it(
     capsys.readouterr()
     assert cli.main(["compare", "--format", "csv"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("model,data,runs,auc,gauc,logloss,samples/s,bytes/user")
+    assert table[0].startswith("model,data,runs,auc,gauc,logloss,samples/s,targets/user,s/epoch,bytes/user")
     assert table[1].startswith("cm,xlong-synthetic-60x24,2,") and "±" in table[1]
+    # The floors of the data set, computed on the same test targets, as rows below its models.
+    floors = [json.loads((tmp_path / f"run{seed}" / "metrics.json").read_text())["floors"] for seed in (0, 1)]
+    assert set(floors[0]) == {"recent_auc", "whole_auc", "popularity_auc"}
+    names = ["floor: category in last 50", "floor: category in whole history", "floor: item popularity"]
+    for row, name, key in zip(table[2:5], names, ["recent_auc", "whole_auc", "popularity_auc"], strict=True):
+        cells = row.split(",")
+        assert cells[:3] == [name, "xlong-synthetic-60x24", "2"]  # one value per seed (its negatives)
+        mean, spread = (floors[0][key] + floors[1][key]) / 2, abs(floors[0][key] - floors[1][key]) / 2**0.5
+        assert cells[3] == f"{mean:.4f} ± {spread:.4f}"
+        assert cells[4:] == [""] * 11
+    # Dense supervision: the cm preset labels clicks inside each 24-click history (segments of 4:
+    # from the 5 segments after the first, every click up to dense_per_segment = 5 of 4), besides
+    # the two training targets.
+    assert metrics["train_targets_per_user"] > 2.0
+    assert metrics["train_seconds_per_epoch"] > 0
 
 
 def test_same_seed_same_result(tmp_path: Path) -> None:

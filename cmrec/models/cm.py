@@ -156,18 +156,18 @@ class ContinualMemoryModel(nn.Module):
         states = self.machine.trajectory(self.initial_memory(lengths.numel()), x, mask)
         return states, x, ids, mask
 
-    def reason_logits(self, states: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels of the batch's samples, then of its dense targets (if any).
+    def reason_logits(self, states: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Logits of the batch's samples, then of its dense targets (if any).
 
         Args:
             states: (H, T, K, d_m) the memory after every segment (`build_trajectory`).
 
         Returns:
-            logits (S + D,) and labels (S + D,); the first S are the samples'.
+            (S + D,) logits; the first S are the samples'.
         """
         segments = states.shape[1]
         rows = batch.history_index * segments + segments - 1  # (S,) rows of states.flatten(0, 1)
-        items, categories, labels = batch.target_items, batch.target_categories, batch.labels
+        items, categories = batch.target_items, batch.target_categories
         targets = batch.history_targets
         if targets is not None and len(targets):
             # Dense supervision: the memory after the position // N whole segments before each click.
@@ -175,21 +175,25 @@ class ContinualMemoryModel(nn.Module):
             rows = torch.cat([rows, before])
             items = torch.cat([items, targets.items])
             categories = None if categories is None else torch.cat([categories, _given(targets.categories)])
-            labels = torch.cat([labels, targets.labels])
         candidates = self.embeddings.lookup(items, categories)  # (S + D, d_x)
-        return self.reason(states.flatten(0, 1), candidates, rows), labels  # one head call for all
+        return self.reason(states.flatten(0, 1), candidates, rows)  # one head call for all targets
 
     def forward(self, batch: Batch) -> ModelOutput:
         states, x, ids, mask = self.build_trajectory(batch.history)  # one pass per distinct history
         memory = states[:, -1]  # (H, K, d_m)
-        all_logits, labels = self.reason_logits(states, batch)
+        all_logits = self.reason_logits(states, batch)
         logits = all_logits[: batch.num_samples]
+        labels = batch.labels
+        if batch.history_targets is not None:  # every target counts once, sample or dense
+            labels = torch.cat([labels, batch.history_targets.labels])
         losses = {"reason": functional.binary_cross_entropy_with_logits(all_logits, labels)}
         if self.recall is not None and self.training:
             sampled_ids = torch.randint(
                 NUM_RESERVED, self.embeddings.num_items, (self.config.sampled_items,), device=logits.device
             )
             sampled = self.embeddings.lookup(sampled_ids)  # (P, d_x)
+            if not self.config.recall_trains_embeddings:  # the recall losses reach the tables via M only
+                x, sampled = x.detach(), sampled.detach()
             losses.update(self.recall(memory, x, ids, mask, sampled_ids, sampled))
         return ModelOutput(logits=logits, losses=losses, weights=dict(self.loss_weights))
 

@@ -43,6 +43,10 @@ class CMConfig:
         retention_init: 0 (PyTorch's default initialisation; the paper gives none), or a
             memory update initialised to keep what it holds: W_o = (W^M)^T orthogonal and the
             GRU update gates' bias raised by this value (see `MemoryUpdate`).
+        recall_trains_embeddings: whether the recall losses' fragment inputs and contrastive
+            candidates pass gradient to the item tables (the paper: True). False keeps L_item's
+            item-identification pull off the tables; the recall losses still train the memory,
+            the encoder and (through the memory) the tables.
     """
 
     item_dim: int = 64
@@ -68,6 +72,7 @@ class CMConfig:
     dense_per_segment: int = 0
     dense_last_segments: int = 0
     retention_init: float = 0.0
+    recall_trains_embeddings: bool = True
 
     def __post_init__(self) -> None:
         positive = (

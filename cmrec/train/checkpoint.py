@@ -69,7 +69,10 @@ def model_from_payload(
     vocabs = Vocabularies.from_dict(payload["vocabs"])
     defaults = model_config(payload["model"])
     tuple_fields = {f.name for f in fields(defaults) if isinstance(getattr(defaults, f.name), tuple)}
-    config = {k: tuple(v) if k in tuple_fields else v for k, v in payload["config"].items()}
+    # A saved config is the whole config. A field it lacks was added after it was saved: take the
+    # config class's default (what the code that saved it did), never the preset's newer value.
+    saved = {**asdict(type(defaults)()), **payload["config"]}
+    config = {k: tuple(v) if k in tuple_fields else v for k, v in saved.items()}
     model = build_model(payload["model"], DataSpec.from_vocabs(vocabs), config)
     try:
         model.load_state_dict(payload["state_dict"])

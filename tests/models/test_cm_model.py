@@ -55,7 +55,7 @@ def test_presets_are_registered_with_the_papers_ablations() -> None:
 
 def test_output_shapes_losses_and_gradients(small_data) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model = build_model("cm", DataSpec.from_vocabs(small_data.vocabs), TINY).train()
+    model = build_model("cm-paper", DataSpec.from_vocabs(small_data.vocabs), TINY).train()
     batch = _batch(small_data)
     out = model(batch)
     assert out.logits.shape == (16,)
@@ -190,3 +190,25 @@ def test_cm_learns_on_generated_data(small_data) -> None:  # type: ignore[no-unt
     assert history[-1]["seq"] < history[0]["seq"] - 0.05
     assert history[-1]["reason"] < history[0]["reason"]
     assert np.isfinite(predictions.scores).all()
+
+
+def test_a_checkpoint_saved_before_a_config_field_existed_loads_as_it_was_trained(small_data) -> None:  # type: ignore[no-untyped-def]
+    """Saved `cm` configs from before the product preset lack readout and the dense settings; they
+    load with the config class's defaults (the paper's head they were trained with)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from cmrec.train.checkpoint import model_from_payload
+
+    torch.manual_seed(0)
+    spec = DataSpec.from_vocabs(small_data.vocabs)
+    trained = build_model("cm-paper", spec, TINY)
+    config = asdict(trained.config)
+    for added in ("readout", "dense_per_segment", "dense_last_segments", "retention_init"):
+        del config[added]
+    payload = {"model": "cm", "config": config, "state_dict": trained.state_dict()}
+    payload["vocabs"] = small_data.vocabs.to_dict()
+    model, _, _ = model_from_payload(payload, Path("old/checkpoint.pt"))
+    assert model.config.readout == "linear" and model.config.dense_targets is None
+    batch = _batch(small_data)
+    torch.testing.assert_close(model(batch).logits, trained.eval()(batch).logits)

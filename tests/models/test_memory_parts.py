@@ -63,6 +63,8 @@ def test_retention_init_starts_from_a_memory_that_keeps_what_it_holds() -> None:
         memory = start
         for _ in range(25):
             features = torch.randn(4, 6, 8)
-            memory = update(memory, features, update.project_items(features), torch.ones(4, 6, dtype=torch.bool))
+            memory = update(
+                memory, features, update.project_items(features), torch.ones(4, 6, dtype=torch.bool)
+            )
         kept.append(torch.nn.functional.cosine_similarity(memory.flatten(1), start.flatten(1)).mean())
     assert kept[0] < 0.2 < 0.5 < kept[1], kept
