@@ -97,18 +97,19 @@ def test_resume_continues_exactly_where_the_interrupted_run_stopped(root: Path) 
     resumed = json.loads((root / "cut" / "metrics.json").read_text())
     assert _flat(resumed["epochs"]) == pytest.approx(_flat(whole["epochs"]), rel=1e-6)
     assert resumed["test"] == pytest.approx(whole["test"], rel=1e-6)
-    # The last epoch converts to a plain run folder that evaluate reads.
-    assert (
-        cli.main(["convert", "--run", str(root / "cut"), "--checkpoint", "last", "--out", str(root / "last")])
-        == 0
-    )
+    # The last epoch converts to a plain run folder that evaluate reads, and it scores exactly as
+    # the uninterrupted run's last epoch does.
     events = str(root / "data" / "events.parquet")
-    assert (
-        cli.main(["evaluate", "--run", str(root / "last"), "--events", events, "--max-len", str(MAX_LEN)])
-        == 0
-    )
-    evaluation = json.loads((root / "last" / "evaluation-events.parquet.json").read_text())
-    assert evaluation["test"]["auc"] == pytest.approx(whole["test"]["auc"], abs=1e-6)  # best epoch == last
+    aucs = []
+    for run, out in (("cut", "last"), ("run", "whole-last")):
+        argv = ["convert", "--run", str(root / run), "--checkpoint", "last", "--out", str(root / out)]
+        assert cli.main(argv) == 0
+        argv = ["evaluate", "--run", str(root / out), "--events", events, "--max-len", str(MAX_LEN)]
+        assert cli.main(argv) == 0
+        aucs.append(json.loads((root / out / "evaluation-events.parquet.json").read_text())["test"]["auc"])
+    assert aucs[0] == pytest.approx(aucs[1], abs=1e-6)
+    if whole["best_epoch"] == len(whole["epochs"]) - 1:  # the best epoch is the last
+        assert aucs[0] == pytest.approx(whole["test"]["auc"], abs=1e-6)
 
 
 def test_only_rank_zero_logs_to_mlflow(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
