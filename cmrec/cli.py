@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Callable
 
+import torch
+
 from cmrec.errors import CmrecError
 
 # Subcommand -> pipeline module.
@@ -32,6 +34,10 @@ EXIT_USER_ERROR = 2
 def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, name: str) -> int:
     """Run a pipeline; a `CmrecError` becomes a one-line message and exit status 2."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Subnormal floats appear in the backward pass through a long segment recurrence; on this CPU
+    # they made CM's backward at L = 1,000 about 6 times slower (8.8 s against 1.5 s). Flushing
+    # them to zero changes nothing above 1e-38.
+    torch.set_flush_denormal(True)
     try:
         return run(args)
     except CmrecError as exc:

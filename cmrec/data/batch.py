@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from cmrec.data.samples import Histories, NegativeSampler, Samples, concat_ranges
+from cmrec.data.samples import Histories, NegativeSampler, Samples, concat_ranges, interleave
 from cmrec.data.vocab import NUM_RESERVED
 from cmrec.errors import ConfigError
 
@@ -293,13 +293,13 @@ class Collator:
             keep &= chosen
         row, position, flat, items = row[keep], position[keep], flat[keep], items[keep]
         negatives = self.dense.sampler.sample(items, rng)
-        pair_items = np.stack([items, negatives], axis=1).reshape(-1)  # positive, negative, ...
+        pair_items = interleave(items, negatives)
         pair_categories = None
         if len(values) > 1:
             if self.dense.item_category is None:
                 raise ConfigError("dense targets of data with categories need item_category")
             own = values[1][flat].astype(np.int64)
-            pair_categories = np.stack([own, self.dense.item_category[negatives]], axis=1).reshape(-1)
+            pair_categories = interleave(own, self.dense.item_category[negatives])
         return HistoryTargets(
             history_row=torch.from_numpy(np.repeat(row, 2).astype(np.int64)),
             position=torch.from_numpy(np.repeat(position, 2).astype(np.int64)),

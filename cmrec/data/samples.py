@@ -178,6 +178,14 @@ class NegativeSampler:
         return rng.choice(self.num_items, size=n, p=probs).astype(np.int64)
 
 
+def interleave(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """(n,) and (n,) -> (2n,) int64: positive 0, negative 0, positive 1, negative 1, ..."""
+    out = np.empty(2 * len(positives), dtype=np.int64)
+    out[0::2] = positives
+    out[1::2] = negatives
+    return out
+
+
 def paired_samples(
     sequence: np.ndarray,
     prefix_len: np.ndarray,
@@ -192,13 +200,6 @@ def paired_samples(
     items the mapping does not know get the OOV category.
     """
     n = len(positives)
-
-    def interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        out = np.empty(2 * n, dtype=np.int64)
-        out[0::2] = a
-        out[1::2] = b
-        return out
-
     categories = None
     if positive_categories is not None:
         if item_category is None:
