@@ -23,12 +23,11 @@ from cmrec.data.dataset import SplitConfig, build_from_events
 from cmrec.data.events import validate_events
 from cmrec.data.movielens import load_movielens_1m
 from cmrec.data.synthetic import SyntheticConfig, SyntheticLog, generate, xlong_rows
-from cmrec.eval.heuristics import frequency_auc
+from cmrec.eval.heuristics import RECENT_WINDOW, frequency_auc
 from cmrec.progress import progress
 from pipelines._common import atomic_outputs, write_json
 
 DATASETS = ("xlong-synthetic", "movielens-1m")
-RECENT_WINDOW = 50
 DESCRIPTION = "Generate an XLong-style synthetic click log, or export MovieLens-1M, to files."
 
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from cmrec.baselines.common import (
     DENSE_SEGMENT,
@@ -59,15 +58,14 @@ class AvgPoolModel(nn.Module):
         logits = self._logits(
             masked_mean(x, mask)[batch.history_index], batch.target_items, batch.target_categories
         )
-        all_logits, labels = logits, batch.labels
+        dense = None
         targets = batch.history_targets
         if targets is not None and len(targets):
             # Prefix means from cumulative sums: the mean of the events before each target.
             sums = prefix_rows(torch.cumsum(x * mask[..., None], dim=1), targets)  # (D, D_x)
             pooled = sums / targets.position[:, None].to(sums.dtype)
-            all_logits = torch.cat([logits, self._logits(pooled, targets.items, targets.categories)])
-            labels = torch.cat([labels, targets.labels])
-        loss = functional.binary_cross_entropy_with_logits(all_logits, labels)
+            dense = self._logits(pooled, targets.items, targets.categories)
+        loss = batch.target_loss(logits, dense)
         return ModelOutput(logits=logits, losses={"ctr": loss}, weights={"ctr": 1.0})
 
     def _logits(

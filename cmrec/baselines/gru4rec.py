@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from cmrec.baselines.common import DENSE_SEGMENT, MLP, check_dense, check_positive, pad_histories, prefix_rows
 from cmrec.data.batch import Batch, DenseTargets
@@ -61,7 +60,6 @@ class GRU4RecModel(nn.Module):
         self.target_proj: nn.Module = (
             nn.Linear(config.item_dim, config.hidden) if config.hidden != config.item_dim else nn.Identity()
         )
-
         self.dense_targets = DenseTargets.request(
             DENSE_SEGMENT, config.dense_per_segment, config.dense_last_segments
         )
@@ -72,12 +70,11 @@ class GRU4RecModel(nn.Module):
         states, _ = self.gru(x)  # (H, L, hidden)
         state = last_states(states, lengths)[batch.history_index]  # (S, hidden)
         logits = self._logits(state, batch.target_items, batch.target_categories)
-        all_logits, labels = logits, batch.labels
+        dense = None
         targets = batch.history_targets
         if targets is not None and len(targets):  # the hidden state after the event before each click
             dense = self._logits(prefix_rows(states, targets), targets.items, targets.categories)
-            all_logits, labels = torch.cat([logits, dense]), torch.cat([labels, targets.labels])
-        loss = functional.binary_cross_entropy_with_logits(all_logits, labels)
+        loss = batch.target_loss(logits, dense)
         return ModelOutput(logits=logits, losses={"ctr": loss}, weights={"ctr": 1.0})
 
     def _logits(

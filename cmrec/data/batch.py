@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn import functional
 from torch.utils.data import DataLoader, Sampler
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -105,6 +106,18 @@ class Batch:
     @property
     def num_histories(self) -> int:
         return int(self.history.stride())
+
+    def target_loss(self, logits: torch.Tensor, dense_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Binary cross-entropy over the samples (S,) and, with dense supervision, the dense
+        targets (D,): every labelled target counts once."""
+        labels = self.labels
+        if dense_logits is not None:
+            assert self.history_targets is not None
+            logits, labels = (
+                torch.cat([logits, dense_logits]),
+                torch.cat([labels, self.history_targets.labels]),
+            )
+        return functional.binary_cross_entropy_with_logits(logits, labels)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:

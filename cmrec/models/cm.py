@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from cmrec.data.batch import ITEM_KEY, Batch
@@ -183,10 +182,8 @@ class ContinualMemoryModel(nn.Module):
         memory = states[:, -1]  # (H, K, d_m)
         all_logits = self.reason_logits(states, batch)
         logits = all_logits[: batch.num_samples]
-        labels = batch.labels
-        if batch.history_targets is not None:  # every target counts once, sample or dense
-            labels = torch.cat([labels, batch.history_targets.labels])
-        losses = {"reason": functional.binary_cross_entropy_with_logits(all_logits, labels)}
+        dense = all_logits[batch.num_samples :] if batch.history_targets is not None else None
+        losses = {"reason": batch.target_loss(logits, dense)}
         if self.recall is not None and self.training:
             sampled_ids = torch.randint(
                 NUM_RESERVED, self.embeddings.num_items, (self.config.sampled_items,), device=logits.device
