@@ -10,11 +10,12 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 import torch
 
-from cmrec.errors import CmrecError
+from cmrec.errors import CmrecError, DataWarning
 
 # Subcommand -> pipeline module.
 COMMANDS: dict[str, str] = {
@@ -38,10 +39,23 @@ def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
     # they made CM's backward at L = 1,000 about 6 times slower (8.8 s against 1.5 s). Flushing
     # them to zero changes nothing above 1e-38.
     torch.set_flush_denormal(True)
+
+    def show(message: Warning | str, *_: object, **__: object) -> None:
+        print(f"cmrec {name}: warning: {message}", file=sys.stderr)
+
     try:
-        return run(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DataWarning)
+            warnings.showwarning = show
+            return run(args)
     except CmrecError as exc:
         print(f"cmrec {name}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a bug to report, with its traceback
+            raise
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        print(f"cmrec {name}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 

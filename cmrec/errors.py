@@ -17,3 +17,8 @@ class DataValidationError(CmrecError, ValueError):
 
 class ConfigError(CmrecError, ValueError):
     """A configuration value is out of range or inconsistent with another."""
+
+
+class DataWarning(UserWarning):
+    """Input that is probably a mistake but can be used (e.g. duplicated rows); the command line
+    prints it as one line, the library leaves it to Python's warnings filters."""

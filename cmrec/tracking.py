@@ -7,6 +7,7 @@ The tracking store is MLflow's default, ``sqlite:///mlflow.db`` in the working d
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,10 @@ import mlflow
 import pandas as pd
 from torch import nn
 
+from cmrec.errors import CmrecError
+
 DEFAULT_URI = "sqlite:///mlflow.db"
+OWNER_HOST, OWNER_PID = "cmrec.host", "cmrec.pid"  # who started a run, to end it if it was killed
 DEFAULT_EXPERIMENT = "cmrec"
 # Logged with the model so that `mlflow.pytorch.log_model` never resolves requirements itself.
 MODEL_REQUIREMENTS = ["torch==2.13.0", "torchrec==1.8.0", "fbgemm-gpu-cpu==1.8.0", "cmrec"]
@@ -43,9 +47,19 @@ class RunTracker:
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> None:
-        mlflow.set_tracking_uri(tracking_uri())
-        mlflow.set_experiment(experiment)
-        self._run = mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
+        uri = tracking_uri()
+        owner = {OWNER_HOST: socket.gethostname(), OWNER_PID: str(os.getpid())}
+        try:
+            mlflow.set_tracking_uri(uri)
+            found = mlflow.set_experiment(experiment)
+            self.killed = _end_orphans(found.experiment_id)
+            self._run = mlflow.start_run(run_name=run_name, tags={**dict(tags or {}), **owner})
+        except Exception as exc:  # sqlalchemy, OS and MLflow errors all mean the same to a user
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CmrecError(
+                f"MLflow store {uri}: cannot start a run ({type(exc).__name__}: {first[:300]}); set "
+                "MLFLOW_TRACKING_URI to a store you can write, or pass --no-mlflow"
+            ) from exc
         self.run_id: str = self._run.info.run_id
 
     def __enter__(self) -> RunTracker:
@@ -69,6 +83,27 @@ class RunTracker:
         mlflow.pytorch.log_model(
             model, name="model", pip_requirements=MODEL_REQUIREMENTS, serialization_format="pickle"
         )
+
+
+def _end_orphans(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs this machine started from processes that no longer exist (a
+    `cmrec train` killed with SIGKILL cannot end its own run); returns their ids."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+    killed = []
+    for run in running:
+        tags = run.data.tags
+        if tags.get(OWNER_HOST) != host or not tags.get(OWNER_PID, "").isdigit():
+            continue
+        try:
+            os.kill(int(tags[OWNER_PID]), 0)
+        except ProcessLookupError:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            killed.append(run.info.run_id)
+        except PermissionError:
+            pass  # alive, another user's process
+    return killed
 
 
 def runs_table(experiment: str = DEFAULT_EXPERIMENT) -> pd.DataFrame:

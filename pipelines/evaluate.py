@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         raise CmrecError("--via-store needs --events (the log whose test samples are scored)")
     model, vocabs, payload = load_checkpoint(args.run / CHECKPOINT)
     data, source = load_data(args, vocabs=vocabs)
+    if len(data.test) == 0:
+        raise CmrecError(
+            f"{source}: no user has a test target, so there is nothing to evaluate (each user needs "
+            "enough events for a history and the held-out validation and test clicks)"
+        )
     negatives = None
     if getattr(model, "needs_history_negatives", False):
         negatives = HistoryNegatives(len(vocabs.items), vocabs.item_category)

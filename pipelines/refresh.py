@@ -16,10 +16,13 @@ event log (after retraining) into a new folder and swaps it in at the end.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -40,8 +43,9 @@ from cmrec.store import (
     partition_of,
     partition_path,
     read_store_info,
+    writer_locks,
 )
-from pipelines._common import torchrun_world
+from pipelines._common import swap_in, torchrun_world
 
 DESCRIPTION = "Apply new click events to the per-user memories of a store (incremental, idempotent)."
 
@@ -94,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_users < 1:
         raise CmrecError(f"--batch-users must be >= 1, got {args.batch_users}")
     served = ServedModel.load(args.run)
+    with store_lock(args.store, exclusive=args.rebuild):
+        return _locked_run(args, served, rank, world, local_workers)
+
+
+def _locked_run(
+    args: argparse.Namespace, served: ServedModel, rank: int, world: int, local_workers: bool
+) -> int:
     # Validate the whole input before touching the store: bad input leaves it unchanged.
     events = UserEvents.from_events(
         read_events(args.events, require_time_order=True), served.vocabs, str(args.events)
@@ -127,6 +138,37 @@ def run(args: argparse.Namespace) -> int:
         f"({info.partitions} partition(s), {info.dtype} memories)"
     )
     return 0
+
+
+@contextmanager
+def store_lock(store: Path, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on STORE.lock (beside the store folder) for the whole job.
+
+    Refreshes share it (they take turns batch by batch inside each partition's write transaction);
+    ``--rebuild`` needs it alone, because it swaps the whole folder at the end and a refresh
+    writing into the old folder meanwhile would be lost. Whoever cannot get it fails at once,
+    before reading anything. `flock` locks hold between processes of one machine; workers on
+    several machines sharing a folder must not run a rebuild beside a refresh.
+    """
+    store.parent.mkdir(parents=True, exist_ok=True)
+    path = store.with_name(store.name + ".lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CmrecError(
+                f"{store}: "
+                + (
+                    "another refresh or rebuild is using this store"
+                    if exclusive
+                    else "this store is being rebuilt by another process"
+                )
+                + f" (lock {path}); run this once it has finished"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _worker_identity(args: argparse.Namespace) -> tuple[int, int]:
@@ -185,7 +227,10 @@ def _refresh(job: _Job, served: ServedModel, events: UserEvents) -> RefreshStats
     owned = _owned(job.info, job.rank, job.world)
     partition = np.array([partition_of(str(u), job.info.partitions) for u in events.user_ids], dtype=np.int64)
     mine = np.flatnonzero(np.isin(partition, owned))
-    with MemoryStore(job.store, job.info, owned=owned, create=True) as store:
+    with (
+        writer_locks(job.store, owned, job.info.partitions),
+        MemoryStore(job.store, job.info, owned=owned, create=True) as store,
+    ):
         refresher = Refresher(served, store, job.batch_users)
         return refresher.refresh(events.select(mine), groups=partition[mine], show_progress=job.progress)
 
@@ -213,15 +258,9 @@ def _run_workers(job: _Job) -> RefreshStats:
 
 
 def _swap(new: Path, store: Path) -> None:
-    """Put a rebuilt store in place of the old one; the old one is removed only once the new is in."""
-    old = store.with_name(store.name + ".old")
-    if store.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        store.rename(old)
-    new.rename(store)
-    if old.exists():
-        shutil.rmtree(old)
+    """Put a rebuilt store in place of the old one in one step (`swap_in`): a scorer or a kill at
+    any moment finds the old store or the new one."""
+    swap_in(new, store)
 
 
 def main(argv: list[str] | None = None) -> int:

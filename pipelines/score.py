@@ -51,7 +51,9 @@ def read_requests(path: Path) -> pd.DataFrame:
         if name.endswith(PARQUET_SUFFIXES):
             frame = pd.read_parquet(path)
         elif name.endswith(CSV_SUFFIXES):
-            frame = pd.read_csv(path, sep="\t" if ".tsv" in name else ",")
+            # Ids as written, as in event logs: "007" and "7" are two ids.
+            ids = {column: str for column in (USER, ITEM, CATEGORY)}
+            frame = pd.read_csv(path, sep="\t" if ".tsv" in name else ",", dtype=ids)
         else:
             raise DataValidationError(f"{path}: requests are .parquet or .csv files")
     except DataValidationError:
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     scores = np.empty(len(requests), dtype=np.float32)
     unknown: set[str] = set()
+    unknown_items = 0
     users = requests[USER].astype(str).to_numpy()
     batches = range(0, len(requests), args.batch_size)
     for start in progress(batches, desc="score", unit="batch"):
@@ -92,13 +95,15 @@ def run(args: argparse.Namespace) -> int:
         result = scorer.score(list(users[part]), requests[ITEM].iloc[part], categories)
         scores[part] = result.probabilities
         unknown.update(result.unknown_users)
+        unknown_items += result.unknown_items
     seconds = time.perf_counter() - started
     _write_atomic(requests.assign(score=scores), args.out)
     distinct = len(set(users))
     print(
         f"score: {len(requests):,} requests of {distinct:,} users in {seconds:.2f} s "
         f"({len(requests) / max(seconds, 1e-9):,.0f} requests/s); {len(unknown):,} unknown users scored "
-        f"from the initial memory; wrote {args.out}"
+        f"from the initial memory; {unknown_items:,} requests for items the run never saw (scored with "
+        f"the out-of-vocabulary embedding); wrote {args.out}"
     )
     return 0
 

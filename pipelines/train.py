@@ -18,6 +18,8 @@ continued with --resume); RUN_DIR/checkpoint.pt is converted from RUN_DIR/distri
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -48,18 +50,34 @@ from cmrec.train.distributed import (
     launch,
 )
 from cmrec.train.loop import Predictions
-from pipelines._common import torchrun_world, write_json
+from pipelines._common import (
+    RUN_MARKERS,
+    check_output_folder,
+    partial_folder,
+    swap_in,
+    torchrun_world,
+    write_json,
+)
 from pipelines._data import add_data_arguments, load_data
 from pipelines._trainers import DISTRIBUTED_DIR, DistributedTrainer, LocalTrainer
 
 PREDICTIONS = "test_predictions.parquet"
+SWAP_BY_LAUNCHER = "CMREC_SWAP_BY_LAUNCHER"  # set for the processes `--nproc` starts
 
 DESCRIPTION = "Train a model on a click log; write a run folder and track the run in MLflow."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, choices=model_names(), help="registered model name")
-    parser.add_argument("--out", type=Path, required=True, help="run folder to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run folder to write; built beside it and swapped in whole when the run is complete",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run folder at --out (kept until then)"
+    )
     add_data_arguments(parser, training=True)
     parser.add_argument("--epochs", type=int, default=5, help="most epochs (default 5)")
     parser.add_argument("--patience", type=int, default=2, help="epochs without a better validation AUC")
@@ -125,22 +143,71 @@ def read_overrides(path: Path | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.epochs < 1 or args.batch_size < 2 or args.patience < 1:
-        raise CmrecError("--epochs >= 1, --patience >= 1 and an even --batch-size >= 2 are required")
+    if args.epochs < 1 or args.patience < 1:
+        raise CmrecError(f"--epochs and --patience must be >= 1, got {args.epochs} and {args.patience}")
+    if args.batch_size < 2 or args.batch_size % 2:
+        raise CmrecError(
+            "--batch-size must be an even number >= 2 (each user's target and its negative), got "
+            f"{args.batch_size}"
+        )
+    for flag, value in (("--lr", args.lr), ("--embedding-lr", args.embedding_lr)):
+        if not value > 0:  # also NaN
+            raise CmrecError(f"{flag} must be a positive number, got {value}")
     overrides = read_overrides(args.config)
     config = model_config(args.model, overrides)  # unknown keys and bad values fail before any work
-    under_torchrun = torchrun_world() is not None
+    world = torchrun_world()
+    under_torchrun = world is not None
     if args.resume and args.nproc is None and not under_torchrun:
         raise CmrecError("--resume continues a multi-process run: give --nproc N as well")
+    if args.nproc is not None and args.nproc < 1:
+        raise CmrecError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc is not None and not under_torchrun:
-        if args.nproc < 1:
-            raise CmrecError(f"--nproc must be >= 1, got {args.nproc}")
         options = ShardingOptions(args.sharding, args.embedding_optimizer, args.embedding_lr, args.lr)
         options.check_device("cuda" if torch.cuda.is_available() else "cpu")  # before any process starts
-        if args.resume and complete_checkpoint(args.out / DISTRIBUTED_DIR / "last") is None:
-            raise CmrecError(f"{args.out / DISTRIBUTED_DIR / 'last'}: nothing to resume")
-        code = launch(args.nproc, args.argv)
+    final = args.out
+    if world is None or world[0] == 0:  # the job's first process; repeating it is harmless
+        check_output_folder(final, args.overwrite or args.resume, RUN_MARKERS, "cmrec run folder")
+        _prepare_work_folder(final, args.resume)
+    args.out = partial_folder(final)  # every output is written here, then swapped in whole
+    if args.nproc is not None and not under_torchrun:
+        os.environ[SWAP_BY_LAUNCHER] = "1"  # the processes leave the swap to this one
+        try:
+            code = launch(args.nproc, args.argv)
+        finally:
+            del os.environ[SWAP_BY_LAUNCHER]
+        if code == 0:
+            swap_in(args.out, final)
         return code if code in (0, 2) else 1
+    try:
+        return _train(args, config, overrides, final, under_torchrun)
+    except BaseException:
+        if not under_torchrun:  # a one-process run cannot be resumed: leave nothing behind
+            shutil.rmtree(args.out, ignore_errors=True)
+        raise
+
+
+def _prepare_work_folder(final: Path, resume: bool) -> None:
+    """The scratch run folder: empty for a new run; for --resume the interrupted one's, or a copy
+    of the finished run at `final` (to train it further)."""
+    work = partial_folder(final)
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            work.mkdir()
+        except OSError as exc:
+            raise CmrecError(f"{work}: cannot create the run's scratch folder ({exc.strerror})") from exc
+        return
+    if complete_checkpoint(work / DISTRIBUTED_DIR / "last") is not None:
+        return  # an interrupted run: continue it where it stopped
+    if complete_checkpoint(final / DISTRIBUTED_DIR / "last") is None:
+        raise CmrecError(f"{final / DISTRIBUTED_DIR / 'last'}: nothing to resume")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(final, work)
+
+
+def _train(
+    args: argparse.Namespace, config: Any, overrides: dict[str, Any], final: Path, under_torchrun: bool
+) -> int:
     torch.manual_seed(args.seed)
     data, source = load_data(args)
     model = build_model(args.model, DataSpec.from_vocabs(data.vocabs), overrides)
@@ -183,20 +250,20 @@ def run(args: argparse.Namespace) -> int:
     tracker = None
     if trainer.is_main and not args.no_mlflow:
         tracker = RunTracker(args.experiment, f"{args.model}-seed{args.seed}", {"model": args.model})
-    if trainer.is_main:
-        args.out.mkdir(parents=True, exist_ok=True)
     try:
         summary = _fit(args, data, trainer, tracker, params)
     finally:
         if tracker is not None:
             tracker.__exit__(*sys.exc_info())
         trainer.close()
+    if trainer.is_main and os.environ.get(SWAP_BY_LAUNCHER) != "1":
+        swap_in(args.out, final)
     if trainer.is_main:
         test = summary["test"]
         print(
             f"{args.model} on {source} (seed {args.seed}): test AUC {test['auc']:.4f}, "
             f"GAUC {test['gauc']:.4f}, logloss {test['logloss']:.4f}; best epoch {summary['best_epoch']}; "
-            f"{summary['train_samples_per_second']:.1f} training samples/s; run folder {args.out}"
+            f"{summary['train_samples_per_second']:.1f} training samples/s; run folder {final}"
             + ("" if args.no_mlflow else f"; MLflow store {tracking_uri()}")
         )
     return 0

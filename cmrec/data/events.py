@@ -7,13 +7,14 @@ a `DataValidationError` whose message names the file, the column and the (1-base
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cmrec.data.schema import CATEGORY, ID_COLUMNS, ITEM, REQUIRED_COLUMNS, TIMESTAMP, USER
-from cmrec.errors import DataValidationError
+from cmrec.errors import DataValidationError, DataWarning
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
@@ -47,7 +48,9 @@ def read_events(path: str | Path, require_time_order: bool = False) -> pd.DataFr
             frame = pd.read_parquet(path)
         elif is_csv:
             sep = "\t" if ".tsv" in name else ","
-            frame = pd.read_csv(path, sep=sep)
+            # Ids as written: "007" and "7" are two users; `_normalise_ids` makes a column integral
+            # only when every id is written as a plain integer.
+            frame = pd.read_csv(path, sep=sep, dtype={column: str for column in ID_COLUMNS})
         else:
             raise DataValidationError(
                 f"{path}: unsupported file type; event logs are .parquet or .csv/.tsv files"
@@ -93,11 +96,35 @@ def validate_events(
         else:
             out[column] = _normalise_timestamps(series, where)
     events = pd.DataFrame(out)
+    _warn_suspicious(events, source)
     user_codes = pd.factorize(events[USER], sort=True)[0]
     if require_time_order:
         _check_time_order(events, user_codes, where)
     order = np.lexsort((events[TIMESTAMP].to_numpy(), user_codes))  # lexsort is stable
     return events.iloc[order].reset_index(drop=True)
+
+
+def _warn_suspicious(events: pd.DataFrame, source: str) -> None:
+    """Usable but probably wrong: negative timestamps and rows repeated exactly."""
+    times = events[TIMESTAMP].to_numpy()
+    negative = int((times < 0).sum())
+    if negative:
+        first = int(np.argmax(times < 0)) + 1
+        warnings.warn(
+            f"{source}: {negative:,} event(s) have a negative timestamp (first: row {first}); they are "
+            "used as given (before 1970 if they are epoch times)",
+            DataWarning,
+            stacklevel=3,
+        )
+    duplicated = events.duplicated()
+    if duplicated.any():
+        first = int(np.argmax(duplicated.to_numpy())) + 1
+        warnings.warn(
+            f"{source}: {int(duplicated.sum()):,} row(s) repeat an earlier row exactly (first: row {first}); "
+            "each is used as one more click",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 def _check_time_order(events: pd.DataFrame, user_codes: np.ndarray, where: _RowLocator) -> None:
@@ -147,7 +174,7 @@ def _normalise_ids(series: pd.Series, column: str, where: _RowLocator) -> pd.Ser
             )
         return series.astype(np.int64)
     if isinstance(dtype, pd.StringDtype):
-        return series.astype(str)
+        return _integral_as_written(series.astype(str), column, where)
     if pd.api.types.is_string_dtype(dtype):  # object columns may mix types: check each value
         kinds = series.map(type)
         bad = ~kinds.isin([str, int, np.int64]).to_numpy()
@@ -157,8 +184,27 @@ def _normalise_ids(series: pd.Series, column: str, where: _RowLocator) -> pd.Ser
                 f"{where(column, position)}: ids must be integers or strings, "
                 f"got {series.iloc[position]!r} ({type(series.iloc[position]).__name__})"
             )
-        return series.astype(str)
+        return _integral_as_written(series.astype(str), column, where)
     raise DataValidationError(f"{where(column, 0)}: ids must be integers or strings, got type {dtype}")
+
+
+_PLAIN_INTEGER = r"-?(?:0|[1-9][0-9]{0,17})"  # as int64 prints it: no sign "+", no leading zero
+_DIGITS = r"[+-]?[0-9]+"
+
+
+def _integral_as_written(ids: pd.Series, column: str, where: _RowLocator) -> pd.Series:
+    """Text ids (CSV, or object columns): int64 when every id is written as a plain integer (so
+    CSV "7" and Parquet 7 are one id); a column of decimal numbers as the float column it is
+    (pandas writes integer ids with gaps as "7.0"); else the strings as they are, so "007", "07"
+    and "7" stay three ids."""
+    if ids.str.fullmatch(_PLAIN_INTEGER).all():
+        return ids.astype(np.int64)
+    if ids.str.fullmatch("(?i)true|false").all():  # what pandas would have read as booleans
+        raise DataValidationError(f"{where(column, 0)}: ids must be integers or strings, not booleans")
+    numbers = pd.to_numeric(ids, errors="coerce")
+    if numbers.notna().all() and not ids.str.fullmatch(_DIGITS).all():
+        return _normalise_ids(numbers, column, where)
+    return ids
 
 
 def _normalise_timestamps(series: pd.Series, where: _RowLocator) -> pd.Series:
@@ -192,11 +238,14 @@ def _normalise_timestamps(series: pd.Series, where: _RowLocator) -> pd.Series:
             f"{where(TIMESTAMP, position)}: cannot parse {series.iloc[position]!r} as a timestamp "
             "(use epoch numbers or ISO 8601 date-times)"
         )
-    if is_number.any():
-        position = int(np.argmax(is_number))
+    if is_number.any():  # name a row of the rarer kind: that is where the mistake is
+        if is_number.sum() * 2 > len(is_number):
+            position, kind, other = int(np.argmin(is_number)), "a date-time", "epoch numbers"
+        else:
+            position, kind, other = int(np.argmax(is_number)), "an epoch number", "date-times"
         raise DataValidationError(
-            f"{where(TIMESTAMP, position)}: {series.iloc[position]!r} is an epoch number but other "
-            "rows are date-times; use one kind in a file"
+            f"{where(TIMESTAMP, position)}: {series.iloc[position]!r} is {kind} but other rows are "
+            f"{other}; use one kind in a file"
         )
     return _datetime_to_ns(parsed)
 

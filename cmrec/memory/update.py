@@ -6,6 +6,8 @@ d_model attention width, h = d_model / Z.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -19,11 +21,19 @@ class MemoryUpdate(nn.Module):
     eq. 2: m_kz = W^M_z m_k,  l_kz = W^L_z l_k
     eq. 3: m'_kz = GRU_z(m_kz, l_kz);  m'_k = W_o [m'_k1; ...; m'_kZ]
 
+    With ``slowest_write_rate`` r < 1 (not in the paper) slot k keeps part of itself:
+    m_k <- m_k + r_k (m'_k - m_k), the rates r_k log-spaced from 1 (slot 0, the paper's write) to r
+    (the last slot), so the slots hold the history at time scales from one segment to about 1 / r
+    segments, as HPMN's periodically updated layers do.
+
     Args:
         memory_dim: d_m.
         item_dim: d_x.
         model_dim: d_model (divisible by `subspaces`).
         subspaces: Z.
+        retention_init: see `_init_for_retention` (0: PyTorch's default initialisation).
+        slots: K, needed only with ``slowest_write_rate`` < 1.
+        slowest_write_rate: the write rate of the last slot (1.0: every slot is replaced, the paper).
 
     Example::
 
@@ -33,9 +43,23 @@ class MemoryUpdate(nn.Module):
     """
 
     def __init__(
-        self, memory_dim: int, item_dim: int, model_dim: int, subspaces: int, retention_init: float = 0.0
+        self,
+        memory_dim: int,
+        item_dim: int,
+        model_dim: int,
+        subspaces: int,
+        retention_init: float = 0.0,
+        slots: int = 1,
+        slowest_write_rate: float = 1.0,
     ) -> None:
         super().__init__()
+        if not 0.0 < slowest_write_rate <= 1.0:
+            raise ValueError(f"slowest_write_rate must be in (0, 1], got {slowest_write_rate}")
+        rates = torch.logspace(0.0, math.log10(slowest_write_rate), slots) if slots > 1 else torch.ones(1)
+        # Derived from the config, so not saved: checkpoints from before the option still load.
+        self.write_rate: torch.Tensor
+        self.register_buffer("write_rate", rates, persistent=False)  # (K,)
+        self.partial_write = slowest_write_rate < 1.0
         self.subspaces = subspaces
         self.slot_attention = nn.Linear(memory_dim, model_dim, bias=False)  # W1a
         self.item_attention = nn.Linear(item_dim, model_dim)  # W2a and b_a
@@ -92,4 +116,7 @@ class MemoryUpdate(nn.Module):
         slot_parts = self.slot_heads(memory).view(batch, slots, self.subspaces, -1)  # (B, K, Z, h)
         aligned_parts = self.aligned_heads(aligned).view(batch, slots, self.subspaces, -1)  # (B, K, Z, h)
         updated = self.gru(aligned_parts, slot_parts)  # (B, K, Z, h)
-        return self.aggregate(updated.reshape(batch, slots, -1))  # (B, K, d_m)
+        written = self.aggregate(updated.reshape(batch, slots, -1))  # (B, K, d_m)
+        if not self.partial_write:
+            return written
+        return memory + self.write_rate[:, None] * (written - memory)

@@ -63,6 +63,8 @@ class ContinualMemoryModel(nn.Module):
             config.model_dim,
             config.subspaces,
             config.retention_init,
+            config.slots,
+            config.slowest_write_rate,
         )
         self.machine = ContinualMemoryMachine(encoder, update, config.slots, config.memory_dim)
         self.reason = ReasonHead(

@@ -43,6 +43,10 @@ class CMConfig:
         retention_init: 0 (PyTorch's default initialisation; the paper gives none), or a
             memory update initialised to keep what it holds: W_o = (W^M)^T orthogonal and the
             GRU update gates' bias raised by this value (see `MemoryUpdate`).
+        slowest_write_rate: 1.0 (the paper: every slot is rewritten by each segment), or the
+            write rate of the slowest slot: slot k keeps 1 - r_k of itself per segment, r_k
+            log-spaced from 1 (slot 0) to this value, so slow slots keep old interests
+            (see `MemoryUpdate`).
         recall_trains_embeddings: whether the recall losses' fragment inputs and contrastive
             candidates pass gradient to the item tables (the paper: True). False keeps L_item's
             item-identification pull off the tables; the recall losses still train the memory,
@@ -72,6 +76,7 @@ class CMConfig:
     dense_per_segment: int = 0
     dense_last_segments: int = 0
     retention_init: float = 0.0
+    slowest_write_rate: float = 1.0
     recall_trains_embeddings: bool = True
 
     def __post_init__(self) -> None:
@@ -110,6 +115,8 @@ class CMConfig:
                 raise ConfigError(f"CMConfig.{name} must be an integer >= 0, got {value!r}")
         if self.retention_init < 0:
             raise ConfigError(f"CMConfig.retention_init must be >= 0, got {self.retention_init}")
+        if not 0.0 < self.slowest_write_rate <= 1.0:
+            raise ConfigError(f"CMConfig.slowest_write_rate must be in (0, 1], got {self.slowest_write_rate}")
         if self.lambda_reason == 0:
             raise ConfigError("CMConfig.lambda_reason must be > 0: the CTR head is what CM is trained for")
 

@@ -119,7 +119,26 @@ def model_config(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
         raise ConfigError(
             f"unknown config key(s) for {name!r}: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
-    return replace(entry.config_type(), **{**entry.preset, **overrides})
+    defaults = entry.config_type()
+    checked = {key: _typed(name, key, value, getattr(defaults, key)) for key, value in overrides.items()}
+    return replace(defaults, **{**entry.preset, **checked})
+
+
+def _typed(model: str, key: str, value: Any, default: Any) -> Any:
+    """`value` as the type of the field's default (an int is a valid float), or a `ConfigError`.
+
+    YAML reads ``dropout: "0.1"`` as a string and ``slots: 2.0`` as a float; neither is taken.
+    """
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    raise ConfigError(
+        f"config key {key!r} of {model!r} must be {names.get(kind, kind.__name__)}, got {value!r} "
+        f"({type(value).__name__})"
+    )
 
 
 def build_model(name: str, spec: DataSpec, overrides: Mapping[str, Any] | None = None) -> nn.Module:

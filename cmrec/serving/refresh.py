@@ -132,26 +132,36 @@ class Refresher:
         return batches
 
     def _refresh_batch(self, events: UserEvents, users: np.ndarray, stats: RefreshStats) -> None:
-        ids = [str(events.user_ids[u]) for u in users]
-        stored = self.store.get_many(ids)
-        plans: list[_Plan] = []
-        for user, user_id in zip(users, ids, strict=True):
-            plan = self._plan(user_id, stored.get(user_id), events, events.span(int(user)))
-            stats.dropped += plan.dropped
-            if plan.applied:
-                plans.append(plan)
-                stats.applied += plan.applied
-                stats.new_users += plan.state is None
-        if not plans:
-            return
-        memories = self._write([p for p in plans if p.segments is not None])
-        new_states = []
-        for plan in plans:
-            memory = memories.get(plan.user_id, plan.memory)
-            new_states.append(plan.finish(memory, self.served.fingerprint))
-            stats.segments += 0 if plan.segments is None else len(plan.segments) // self.segment_len
-        self.store.put_many(new_states)
-        stats.updated_users += len(new_states)
+        """Read, plan, write and store one batch in one store transaction (`update_many`): a
+        concurrent refresh of the same users waits, then plans from what this one committed."""
+        row_of = {str(events.user_ids[u]): int(u) for u in users}
+        # Counts per call of `apply` (one per partition), keyed by its ids: a backend that retries
+        # a call on a conflict replaces that call's counts instead of adding them twice.
+        counts: dict[tuple[str, ...], RefreshStats] = {}
+
+        def apply(ids: list[str], stored: dict[str, UserState]) -> list[UserState]:
+            count = counts[tuple(ids)] = RefreshStats()
+            plans: list[_Plan] = []
+            for user_id in ids:
+                plan = self._plan(user_id, stored.get(user_id), events, events.span(row_of[user_id]))
+                count.dropped += plan.dropped
+                if plan.applied:
+                    plans.append(plan)
+                    count.applied += plan.applied
+                    count.new_users += plan.state is None
+            memories = self._write([p for p in plans if p.segments is not None])
+            new_states = []
+            for plan in plans:
+                memory = memories.get(plan.user_id, plan.memory)
+                new_states.append(plan.finish(memory, self.served.fingerprint))
+                count.segments += 0 if plan.segments is None else len(plan.segments) // self.segment_len
+            count.updated_users = len(new_states)
+            return new_states
+
+        self.store.update_many(list(row_of), apply)
+        for count in counts.values():
+            for name in ("applied", "dropped", "new_users", "updated_users", "segments"):
+                setattr(stats, name, getattr(stats, name) + getattr(count, name))
 
     def _plan(self, user_id: str, state: UserState | None, events: UserEvents, span: slice) -> _Plan:
         times, raw = events.times[span], events.raw_items[span]

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cmrec.data.schema import OOV_INDEX
 from cmrec.errors import ConfigError
 from cmrec.serving.model import ServedModel
 from cmrec.store.folder import MemoryStore
@@ -30,11 +31,13 @@ PendingPolicy = Literal["write", "ignore"]
 
 @dataclass(frozen=True)
 class Scores:
-    """Click probabilities of a batch of requests, and how many users the store did not know."""
+    """Click probabilities of a batch of requests; the users the store did not know (scored from
+    the initial memory) and how many requests name an item the run never saw (its OOV embedding)."""
 
     probabilities: np.ndarray
     unknown_users: tuple[str, ...]
     users: int
+    unknown_items: int = 0
 
 
 class Scorer:
@@ -127,4 +130,5 @@ class Scorer:
             probabilities=torch.sigmoid(logits).numpy().astype(np.float32),
             unknown_users=tuple(str(u) for u in distinct[~known]),
             users=len(distinct),
+            unknown_items=int((np.asarray(items) == OOV_INDEX).sum()),
         )

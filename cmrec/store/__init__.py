@@ -6,6 +6,7 @@ from cmrec.store.folder import (
     partition_of,
     partition_path,
     read_store_info,
+    writer_locks,
 )
 from cmrec.store.protocol import MemoryStoreProtocol
 from cmrec.store.sqlite import SqlitePartition, StoreInfo
@@ -24,4 +25,5 @@ __all__ = [
     "partition_of",
     "partition_path",
     "read_store_info",
+    "writer_locks",
 ]

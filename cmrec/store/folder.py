@@ -7,10 +7,13 @@ same file, on one machine or many. Readers open every partition.
 
 from __future__ import annotations
 
+import fcntl
 import re
+import sys
 import zlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from cmrec.store.sqlite import SqlitePartition, StoreInfo
@@ -26,6 +29,29 @@ def partition_of(user_id: str, partitions: int) -> int:
 
 def partition_path(root: Path, index: int, partitions: int) -> Path:
     return root / f"part-{index:05d}-of-{partitions:05d}.sqlite"
+
+
+@contextmanager
+def writer_locks(root: Path, indices: Sequence[int], partitions: int) -> Iterator[None]:
+    """Hold the writer lock of each partition in `indices` (``part-....sqlite.lock`` files, `flock`).
+
+    A refresh job holds the locks of the partitions it writes for its whole run, so two jobs on
+    one store take turns per partition: each user's state ends as if the jobs had run one after
+    the other, and each job's counts are its own. A second job waits (it says so once). The
+    kernel drops a killed process's locks. Locks are taken in partition order (no deadlock); they
+    hold between processes of one machine (`flock` on a network filesystem may not).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        for index in sorted(set(indices)):
+            path = Path(str(partition_path(root, index, partitions)) + ".lock")
+            handle = stack.enter_context(open(path, "a+"))
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"{path}: another refresh is writing this partition; waiting for it", file=sys.stderr)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def existing_partitions(root: Path) -> int | None:
@@ -137,6 +163,16 @@ class MemoryStore:
             groups[self.partition(state.user_id).index].append(state)
         for index, part_states in groups.items():
             self._parts[index].put_many(part_states)
+
+    def update_many(
+        self,
+        user_ids: Sequence[str],
+        apply: Callable[[list[str], dict[str, UserState]], Sequence[UserState]],
+    ) -> None:
+        """Read, compute and write atomically, one write transaction per partition touched: `apply`
+        is called once per partition with that partition's ids and their stored states."""
+        for index, ids in self._group(user_ids).items():
+            self._parts[index].update_many(ids, apply)
 
     def delete(self, user_ids: Sequence[str]) -> int:
         return sum(self._parts[index].delete(ids) for index, ids in self._group(user_ids).items())

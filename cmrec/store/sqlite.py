@@ -2,7 +2,10 @@
 
 Each `put_many` is one transaction, so a reader (another connection, another process) sees every
 user either before or after a batch, never half-written; a process killed mid-batch leaves the
-previous state, which SQLite restores on the next open.
+previous state, which SQLite restores on the next open. `update_many` reads, computes and writes a
+batch inside one write transaction (``BEGIN IMMEDIATE``: SQLite's one writer lock per file), so two
+refresh jobs on one partition take turns batch by batch and each reads what the other committed:
+no update is lost.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from cmrec.store.state import (
 FORMAT = 1
 PAGE_SIZE = 16_384
 _CHUNK = 500  # ids per SELECT ... IN (...), below SQLite's variable limit
+LOCK_TIMEOUT_S = 60.0  # how long a writer waits for another writer's transaction on the same file
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (
@@ -100,7 +105,7 @@ class SqlitePartition:
         if not exists and info is None:
             raise StoreError(f"{path}: no such store partition")
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=60.0)
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=LOCK_TIMEOUT_S)
             if not exists:
                 # Rows of ~5 KB (K x d_m float32 plus bookkeeping) spill into overflow pages of
                 # SQLite's default 4 KB page; 16 KB pages hold three rows each. Set before WAL.
@@ -109,7 +114,11 @@ class SqlitePartition:
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
             meta = self._read_meta() if exists else {}
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: not a cmrec memory store: {exc}") from exc
+            raise StoreError(
+                f"{path}: not a readable cmrec memory store partition ({exc}); rebuild the store from "
+                "the full event log (`cmrec refresh --run RUN_DIR --events FULL_LOG --store STORE "
+                "--rebuild`)"
+            ) from exc
         if not meta:
             if info is None:
                 raise StoreError(f"{path}: not a cmrec memory store (no meta table)")
@@ -170,27 +179,33 @@ class SqlitePartition:
     # -- reads ---------------------------------------------------------------------------------
     def get_many(self, user_ids: Sequence[str]) -> dict[str, UserState]:
         """States of the users that exist, read in one snapshot (one read transaction)."""
+        with self._transaction("BEGIN"):
+            return self._select(user_ids)
+
+    def _select(self, user_ids: Sequence[str]) -> dict[str, UserState]:
         found: dict[str, UserState] = {}
-        self._db.execute("BEGIN")
-        try:
-            for start in range(0, len(user_ids), _CHUNK):
-                chunk = list(user_ids[start : start + _CHUNK])
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"SELECT {_COLUMNS} FROM users WHERE user_id IN ({marks})", chunk)
-                for row in rows:
-                    state = self._decode(row)
-                    found[state.user_id] = state
-        finally:
-            self._db.execute("COMMIT")
+        for start in range(0, len(user_ids), _CHUNK):
+            chunk = list(user_ids[start : start + _CHUNK])
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM users WHERE user_id IN ({marks})", chunk)
+            for row in rows.fetchall():
+                state = self._decode(row)
+                found[state.user_id] = state
         return found
 
     def __iter__(self) -> Iterator[UserState]:
         """Every user, in user id order (for backfills and inspection)."""
-        for row in self._db.execute(f"SELECT {_COLUMNS} FROM users ORDER BY user_id"):
-            yield self._decode(row)
+        try:
+            for row in self._db.execute(f"SELECT {_COLUMNS} FROM users ORDER BY user_id"):
+                yield self._decode(row)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+        try:
+            return int(self._db.execute("SELECT COUNT(*) FROM users").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
 
     def _decode(self, row: tuple[Any, ...]) -> UserState:
         user_id, memory, pending, count, wm_time, wm_items, events, fingerprint, updated, crc = row
@@ -226,6 +241,23 @@ class SqlitePartition:
     # -- writes --------------------------------------------------------------------------------
     def put_many(self, states: Sequence[UserState]) -> None:
         """Insert or replace users, all in one transaction."""
+        with self._transaction("BEGIN IMMEDIATE"):
+            self._insert(states)
+
+    def update_many(
+        self,
+        user_ids: Sequence[str],
+        apply: Callable[[list[str], dict[str, UserState]], Sequence[UserState]],
+    ) -> None:
+        """Read `user_ids`, write ``apply(user_ids, found)``, all inside one write transaction.
+
+        No other writer can change these users between the read and the write (it waits for the
+        file's lock, up to `LOCK_TIMEOUT_S`); an exception in `apply` writes nothing.
+        """
+        with self._transaction("BEGIN IMMEDIATE"):
+            self._insert(apply(list(user_ids), self._select(user_ids)))
+
+    def _insert(self, states: Sequence[UserState]) -> None:
         now = time.time()
         rows = []
         for state in states:
@@ -246,34 +278,53 @@ class SqlitePartition:
                     checksum(memory, pending, wm_items, state.events),
                 )
             )
-        self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany(f"INSERT OR REPLACE INTO users ({_COLUMNS}) VALUES ({','.join('?' * 10)})", rows)
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[None]:
+        """One transaction; a busy or damaged file becomes a `StoreError` that names it."""
         try:
-            self._db.executemany(
-                f"INSERT OR REPLACE INTO users ({_COLUMNS}) VALUES ({','.join('?' * 10)})", rows
-            )
+            self._db.execute(begin)
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreError(
+                    f"{self.path}: another process held this partition's write lock for over "
+                    f"{LOCK_TIMEOUT_S:.0f} s ({exc}); is another refresh still running on this store?"
+                ) from exc
+            raise self._damaged(exc) from exc
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            self._db.execute("ROLLBACK")
+            raise self._damaged(exc) from exc
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
 
+    def _damaged(self, exc: sqlite3.Error) -> StoreError:
+        return StoreError(
+            f"{self.path}: the partition file is damaged ({exc}); rebuild the store from the full event "
+            "log (`cmrec refresh --run RUN_DIR --events FULL_LOG --store STORE --rebuild`), or remove "
+            "the users you can re-create (`cmrec forget`)"
+        )
+
     def delete(self, user_ids: Sequence[str]) -> int:
         """Delete users in one transaction; returns how many existed."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            deleted = 0
+        deleted = 0
+        with self._transaction("BEGIN IMMEDIATE"):
             for start in range(0, len(user_ids), _CHUNK):
                 chunk = list(user_ids[start : start + _CHUNK])
                 marks = ",".join("?" * len(chunk))
                 deleted += self._db.execute(f"DELETE FROM users WHERE user_id IN ({marks})", chunk).rowcount
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
         return deleted
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the database file and truncate it."""
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
 
     def close(self) -> None:
         self._db.close()

@@ -133,8 +133,10 @@ def test_fragments_mask_half_and_borrow_from_other_users() -> None:
         ({"dropout": 1.0}, "dropout must be in"),
         ({"readout": "mlp"}, "readout must be one of"),
         ({"dense_per_segment": -1}, "dense_per_segment must be an integer >= 0"),
-        ({"dense_last_segments": 1.5}, "dense_last_segments must be an integer >= 0"),
+        ({"dense_last_segments": 1.5}, "'dense_last_segments' of 'cm' must be an integer, got 1.5"),
         ({"retention_init": -1.0}, "retention_init must be >= 0"),
+        ({"slowest_write_rate": 0.0}, "slowest_write_rate must be in"),
+        ({"slowest_write_rate": 1.5}, "slowest_write_rate must be in"),
     ],
 )
 def test_bad_config_values(overrides: dict[str, object], message: str) -> None:
@@ -204,7 +206,13 @@ def test_a_checkpoint_saved_before_a_config_field_existed_loads_as_it_was_traine
     spec = DataSpec.from_vocabs(small_data.vocabs)
     trained = build_model("cm-paper", spec, TINY)
     config = asdict(trained.config)
-    for added in ("readout", "dense_per_segment", "dense_last_segments", "retention_init"):
+    for added in (
+        "readout",
+        "dense_per_segment",
+        "dense_last_segments",
+        "retention_init",
+        "slowest_write_rate",
+    ):
         del config[added]
     payload = {"model": "cm", "config": config, "state_dict": trained.state_dict()}
     payload["vocabs"] = small_data.vocabs.to_dict()

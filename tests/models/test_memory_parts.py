@@ -68,3 +68,29 @@ def test_retention_init_starts_from_a_memory_that_keeps_what_it_holds() -> None:
             )
         kept.append(torch.nn.functional.cosine_similarity(memory.flatten(1), start.flatten(1)).mean())
     assert kept[0] < 0.2 < 0.5 < kept[1], kept
+
+
+def test_slow_slots_keep_part_of_themselves_and_chunking_changes_nothing() -> None:
+    from cmrec.memory.encoder import SegmentEncoder
+    from cmrec.memory.machine import ContinualMemoryMachine
+
+    torch.manual_seed(0)
+    paper = MemoryUpdate(memory_dim=16, item_dim=8, model_dim=16, subspaces=4)
+    slow = MemoryUpdate(memory_dim=16, item_dim=8, model_dim=16, subspaces=4, slots=5, slowest_write_rate=0.1)
+    slow.load_state_dict(paper.state_dict())  # the rates are derived from the config, not saved
+    assert_close(slow.write_rate, torch.tensor([1.0, 0.1**0.25, 0.1**0.5, 0.1**0.75, 0.1]))
+    memory, features = torch.randn(3, 5, 16), torch.randn(3, 6, 8)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    written = paper(memory, features, paper.project_items(features), mask)
+    kept = slow(memory, features, slow.project_items(features), mask)
+    assert_close(kept[:, 0], written[:, 0])  # the fastest slot is the paper's write
+    assert_close(kept[:, 4], 0.9 * memory[:, 4] + 0.1 * written[:, 4])
+    # Writing 4 segments at once equals 2 + 2, and a padded segment leaves the memory as it was.
+    machine = ContinualMemoryMachine(SegmentEncoder(8, 2, 1, 16, 0.0, 6), slow, slots=5, memory_dim=16)
+    x, segment_mask = torch.randn(3, 4, 6, 8), torch.ones(3, 4, 6, dtype=torch.bool)
+    segment_mask[1, 3] = False
+    start = machine.initial_memory(3)
+    whole = machine(start, x, segment_mask)
+    halves = machine(machine(start, x[:, :2], segment_mask[:, :2]), x[:, 2:], segment_mask[:, 2:])
+    assert_close(whole, halves)
+    assert_close(whole[1], machine(start, x[:, :3], segment_mask[:, :3])[1])

@@ -32,7 +32,7 @@ def test_score_writes_requests_with_scores(
     requests = pd.DataFrame(
         {
             "user_id": [*log["user_id"].iloc[:5], 123456],
-            "item_id": [*log["item_id"].iloc[:5], 3],
+            "item_id": [*log["item_id"].iloc[:5], 999_999],  # an item the run never saw
             "tag": list("abcdef"),
         }
     )
@@ -48,13 +48,14 @@ def test_score_writes_requests_with_scores(
         str(tmp_path / "requests.csv"),
     ]
     assert cli.main([*argv, "--out", str(out)]) == 0
-    assert "1 unknown users" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "1 unknown users" in report and "1 requests for items the run never saw" in report
     scored = pd.read_parquet(out)
     assert list(scored.columns) == ["user_id", "item_id", "tag", "score"]
     assert scored["score"].between(0, 1).all() and scored["tag"].tolist() == list("abcdef")
     api = Scorer.open(run_dir, refreshed).score(requests["user_id"].tolist(), requests["item_id"])
     np.testing.assert_allclose(scored["score"].to_numpy(), api.probabilities, rtol=1e-6)
-    assert api.unknown_users == ("123456",)
+    assert api.unknown_users == ("123456",) and api.unknown_items == 1
     # An unknown user scores from the initial memory: the same as a forgotten one.
     user = str(log["user_id"].iloc[0])
     assert cli.main(["forget", "--store", str(refreshed), "--user", user, "nobody"]) == 0
