@@ -62,7 +62,7 @@ demo: $(STAMP)
 		case $$model in dien) extra="--train-targets-per-user $(DIEN_TARGETS)";; \
 			cm-paper) extra="$(PAPER_ARGS)";; *) extra="";; esac; \
 		$(VENV)/bin/cmrec train --model $$model --events $(DEMO_DIR)/events.parquet --max-len $(LENGTH) \
-			--epochs $(EPOCHS) --seed $(SEED) --experiment $(EXPERIMENT) --out $(DEMO_RUNS)/$$model-seed$(SEED) \
+			--epochs $(EPOCHS) --seed $(SEED) --experiment $(EXPERIMENT) --out $(DEMO_RUNS)/$$model-seed$(SEED) --overwrite \
 			$$extra || exit 1; \
 	done
 	$(VENV)/bin/cmrec compare --experiment $(EXPERIMENT)

@@ -14,7 +14,6 @@ sample). Timings are noisy on shared machines: compare runs made together.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from cmrec.atomic import write_json
 from cmrec.data import (
     HistoryNegatives,
     SplitConfig,
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--candidates, --requests and every --lengths value must be >= 1")
         serving = run_serving(args)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(serving, indent=2) + "\n")
+        write_json(args.out, serving)
         print_serving(serving)
         print(f"wrote {args.out}")
         return 0
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     for run_result in runs:
         _print(run_result, result)
     print(f"wrote {args.out}")

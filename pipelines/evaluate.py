@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cmrec.atomic import write_json
 from cmrec.data.batch import HistoryNegatives, make_loader
 from cmrec.data.dataset import ClickLogData
 from cmrec.data.events import read_events
@@ -28,7 +29,6 @@ from cmrec.serving import Refresher, Scorer, ServedModel, UserEvents
 from cmrec.store import MEMORY_DTYPES, MemoryStore
 from cmrec.train.checkpoint import CHECKPOINT, load_checkpoint
 from cmrec.train.loop import predict
-from pipelines._common import write_json
 from pipelines._data import add_data_arguments, load_data
 
 DESCRIPTION = "Evaluate a saved run on an event log or an XLong test file; print and write JSON."

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cmrec.atomic import output_folder, write_json
 from cmrec.data.dataset import SplitConfig, build_from_events
 from cmrec.data.events import validate_events
 from cmrec.data.movielens import load_movielens_1m
 from cmrec.data.synthetic import SyntheticConfig, SyntheticLog, generate, xlong_rows
 from cmrec.eval.heuristics import RECENT_WINDOW, frequency_auc
 from cmrec.progress import progress
-from pipelines._common import atomic_outputs, write_json
 
 DATASETS = ("xlong-synthetic", "movielens-1m")
 DESCRIPTION = "Generate an XLong-style synthetic click log, or export MovieLens-1M, to files."
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _synthetic(config: SyntheticConfig, out: Path, overwrite: bool) -> dict[str, Any]:
     names = ["events.parquet", "xlong_train.txt", "xlong_test.txt", "summary.json"]
-    with atomic_outputs(out, names, overwrite) as scratch:
+    with output_folder(out, names, overwrite, "cmrec data folder") as scratch:
         started = time.perf_counter()
         log = generate(config)
         generate_seconds = time.perf_counter() - started
@@ -101,7 +101,7 @@ def _write_xlong(path: Path, log: SyntheticLog, split: str) -> None:
 
 def _movielens(out: Path, overwrite: bool) -> dict[str, Any]:
     names = ["events.parquet", "summary.json"]
-    with atomic_outputs(out, names, overwrite) as scratch:
+    with output_folder(out, names, overwrite, "cmrec data folder") as scratch:
         events = load_movielens_1m()
         events.to_parquet(scratch / "events.parquet", index=False)
         summary = _log_statistics(events, "movielens-1m")

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmrec.atomic import swap_in
 from cmrec.data.events import read_events
 from cmrec.errors import CmrecError
 from cmrec.serving.events import UserEvents
@@ -45,7 +46,7 @@ from cmrec.store import (
     read_store_info,
     writer_locks,
 )
-from pipelines._common import swap_in, torchrun_world
+from pipelines._common import torchrun_world
 
 DESCRIPTION = "Apply new click events to the per-user memories of a store (incremental, idempotent)."
 

@@ -10,15 +10,14 @@ initial memory and are counted in the summary).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cmrec.atomic import write_file
 from cmrec.data.events import CSV_SUFFIXES, PARQUET_SUFFIXES
 from cmrec.data.schema import CATEGORY, ITEM, USER
 from cmrec.errors import CmrecError, DataValidationError
@@ -111,17 +110,10 @@ def run(args: argparse.Namespace) -> int:
 def _write_atomic(frame: pd.DataFrame, out: Path) -> None:
     """Write beside `out`, then rename: a failed job never leaves a half-written file."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=".cmrec-", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    try:
-        if out.name.lower().endswith(".csv"):
-            frame.to_csv(scratch, index=False)
-        else:
-            frame.to_parquet(scratch, index=False)
-        os.replace(scratch, out)
-    finally:
-        if os.path.exists(scratch):
-            os.unlink(scratch)
+    if out.name.lower().endswith(".csv"):
+        write_file(out, lambda scratch: frame.to_csv(scratch, index=False))
+    else:
+        write_file(out, lambda scratch: frame.to_parquet(scratch, index=False))
 
 
 def main(argv: list[str] | None = None) -> int:

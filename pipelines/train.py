@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 import yaml
 
+from cmrec.atomic import check_output_folder, partial_folder, swap_in, write_file, write_json
 from cmrec.data.batch import DenseSupervision, HistoryNegatives
 from cmrec.data.dataset import ClickLogData
 from cmrec.data.samples import NegativeSampler
@@ -50,14 +51,7 @@ from cmrec.train.distributed import (
     launch,
 )
 from cmrec.train.loop import Predictions
-from pipelines._common import (
-    RUN_MARKERS,
-    check_output_folder,
-    partial_folder,
-    swap_in,
-    torchrun_world,
-    write_json,
-)
+from pipelines._common import RUN_MARKERS, torchrun_world
 from pipelines._data import add_data_arguments, load_data
 from pipelines._trainers import DISTRIBUTED_DIR, DistributedTrainer, LocalTrainer
 
@@ -431,9 +425,7 @@ def write_predictions(path: Path, predictions: Predictions) -> None:
     frame = pd.DataFrame(
         {"label": predictions.labels, "probability": predictions.scores, "user": predictions.users}
     )
-    scratch = path.with_suffix(".tmp")
-    frame.to_parquet(scratch, index=False)
-    scratch.replace(path)
+    write_file(path, lambda scratch: frame.to_parquet(scratch, index=False))
 
 
 def _memory_bytes_per_user(config: Any, data: ClickLogData) -> int:

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from cmrec import cli
+from cmrec.atomic import partial_folder, swap_in
 from cmrec.tracking import OWNER_HOST, OWNER_PID, RunTracker
-from pipelines._common import partial_folder, swap_in
 
 FORK = multiprocessing.get_context("fork")
 TINY = ["--dataset", "xlong-synthetic", "--synthetic-users", "40", "--synthetic-length", "24"]
@@ -45,6 +45,18 @@ def _hashes(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def _assert_one_run(run: Path, seed: int) -> None:
+    """The metrics and the predictions of `run` come from one run of `seed`."""
+    from sklearn.metrics import roc_auc_score
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    predictions = pd.read_parquet(run / "test_predictions.parquet")
+    assert metrics["seed"] == seed
+    assert roc_auc_score(predictions["label"], predictions["probability"]) == pytest.approx(
+        metrics["test"]["auc"]
+    )
 
 
 def _train_child(argv: list[str]) -> None:
@@ -73,7 +85,12 @@ def test_an_existing_run_is_replaced_only_whole_and_only_when_asked(
         if child.is_alive() and child.pid is not None:
             os.kill(child.pid, signal.SIGKILL)
             child.join(30)
-            assert _hashes(run) == old, f"a kill after {delay:.2f} s left a mixed run folder"
+            now = _hashes(run)
+            if now != old:  # the kill landed after the swap: the new run, whole
+                assert set(now) == set(old), f"a kill after {delay:.2f} s left a mixed run folder"
+                _assert_one_run(run, seed=7)
+                finished = 0
+                break
             kills += 1
         else:
             finished = child.exitcode
@@ -85,7 +102,7 @@ def test_an_existing_run_is_replaced_only_whole_and_only_when_asked(
         assert finished == 0
     new = _hashes(run)
     assert set(new) == set(old) and new != old
-    assert json.loads((run / "metrics.json").read_text())["seed"] == 7
+    _assert_one_run(run, seed=7)
     assert not partial_folder(run).exists()
 
 

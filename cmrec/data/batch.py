@@ -39,12 +39,15 @@ class HistoryTargets:
     Target j is the click at index ``position[j]`` of history row ``history_row[j]`` (label 1), or a
     sampled item the user did not click there (label 0); positives and negatives alternate like the
     sample rows. A model scores it from its state after events ``[0, position)`` of that history;
-    a segment-memory model from its memory after the ``position // N`` whole segments before it.
-    No target lies in the first segment (``position >= segment_len``).
+    a segment-memory model from its memory after the first ``seen[j]`` whole segments: the
+    ``position // N`` segments before the click, or fewer with a `DenseTargets` horizon. No target
+    lies in the first segment (``position >= segment_len``).
 
     Args:
         history_row: (D,) int64 row of `Batch.history`.
         position: (D,) int64 index of the click inside that history.
+        seen: (D,) int64 whole segments of that history the scoring memory has seen, in
+            [1, position // N].
         items: (D,) int64 candidate item index.
         categories: (D,) int64 candidate category index, or None without categories.
         labels: (D,) float32.
@@ -52,6 +55,7 @@ class HistoryTargets:
 
     history_row: torch.Tensor
     position: torch.Tensor
+    seen: torch.Tensor
     items: torch.Tensor
     categories: torch.Tensor | None
     labels: torch.Tensor
@@ -63,6 +67,7 @@ class HistoryTargets:
         return HistoryTargets(
             history_row=self.history_row.to(device, non_blocking=non_blocking),
             position=self.position.to(device, non_blocking=non_blocking),
+            seen=self.seen.to(device, non_blocking=non_blocking),
             items=self.items.to(device, non_blocking=non_blocking),
             categories=None
             if self.categories is None
@@ -170,26 +175,33 @@ class DenseTargets:
         segment_len: N; targets start at the second segment and are drawn per segment.
         per_segment: clicks drawn (without replacement) from each segment; 0 takes every click.
         last_segments: only the last m segments of each history give targets; 0 takes all.
+        horizon: how far back the memory that scores a click of segment s may lie: it has seen
+            s - u segments, u drawn uniformly from [0, min(horizon, s) - 1]; 1 (the default) is
+            always the memory just before the click's segment, 0 any earlier memory. Models that
+            score from their state after every click (avg-pool, GRU4REC) ignore it.
     """
 
     segment_len: int = 20
     per_segment: int = 0
     last_segments: int = 0
+    horizon: int = 1
 
     def __post_init__(self) -> None:
-        if self.segment_len < 1 or self.per_segment < 0 or self.last_segments < 0:
+        if self.segment_len < 1 or self.per_segment < 0 or self.last_segments < 0 or self.horizon < 0:
             raise ConfigError(
-                "DenseTargets needs segment_len >= 1, per_segment >= 0 and last_segments >= 0, got "
-                f"{self.segment_len}, {self.per_segment}, {self.last_segments}"
+                "DenseTargets needs segment_len >= 1 and per_segment, last_segments, horizon >= 0, got "
+                f"{self.segment_len}, {self.per_segment}, {self.last_segments}, {self.horizon}"
             )
 
     @classmethod
-    def request(cls, segment_len: int, per_segment: int, last_segments: int) -> DenseTargets | None:
+    def request(
+        cls, segment_len: int, per_segment: int, last_segments: int, horizon: int = 1
+    ) -> DenseTargets | None:
         """A model config's dense settings as a request: None when ``per_segment`` is 0 (off);
         ``per_segment >= segment_len`` takes every click."""
         if per_segment == 0:
             return None
-        return cls(segment_len, per_segment if per_segment < segment_len else 0, last_segments)
+        return cls(segment_len, per_segment if per_segment < segment_len else 0, last_segments, horizon)
 
 
 @dataclass(frozen=True)
@@ -305,6 +317,10 @@ class Collator:
             chosen[order[rank < spec.per_segment]] = True
             keep &= chosen
         row, position, flat, items = row[keep], position[keep], flat[keep], items[keep]
+        seen = position // n  # the segments before the click's own
+        if spec.horizon != 1:
+            reach = seen if spec.horizon == 0 else np.minimum(seen, spec.horizon)
+            seen = seen - np.floor(rng.random(len(seen)) * reach).astype(np.int64)
         negatives = self.dense.sampler.sample(items, rng)
         pair_items = interleave(items, negatives)
         pair_categories = None
@@ -316,6 +332,7 @@ class Collator:
         return HistoryTargets(
             history_row=torch.from_numpy(np.repeat(row, 2).astype(np.int64)),
             position=torch.from_numpy(np.repeat(position, 2).astype(np.int64)),
+            seen=torch.from_numpy(np.repeat(seen, 2).astype(np.int64)),
             items=torch.from_numpy(pair_items),
             categories=None if pair_categories is None else torch.from_numpy(pair_categories),
             labels=torch.from_numpy(np.tile(np.array([1.0, 0.0], dtype=np.float32), len(items))),

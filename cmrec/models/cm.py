@@ -171,8 +171,9 @@ class ContinualMemoryModel(nn.Module):
         items, categories = batch.target_items, batch.target_categories
         targets = batch.history_targets
         if targets is not None and len(targets):
-            # Dense supervision: the memory after the position // N whole segments before each click.
-            before = targets.history_row * segments + targets.position // self.config.segment_len - 1
+            # Dense supervision: the memory after the first `seen` whole segments (those before the
+            # click, unless a horizon asks for an earlier memory).
+            before = targets.history_row * segments + targets.seen - 1
             rows = torch.cat([rows, before])
             items = torch.cat([items, targets.items])
             categories = None if categories is None else torch.cat([categories, _given(targets.categories)])

@@ -40,6 +40,9 @@ class CMConfig:
             after the first that the memory before that segment scores against sampled
             negatives, besides the sample's own target; ``segment_len`` or more takes every click.
         dense_last_segments: only the last m segments of a history give dense targets (0: all).
+        dense_horizon: 1 scores each dense target with the memory just before its segment; h > 1
+            with one of the last h memories before it (uniformly), 0 with any earlier memory, so
+            that the memory is also trained to hold what matters segments later.
         retention_init: 0 (PyTorch's default initialisation; the paper gives none), or a
             memory update initialised to keep what it holds: W_o = (W^M)^T orthogonal and the
             GRU update gates' bias raised by this value (see `MemoryUpdate`).
@@ -75,6 +78,7 @@ class CMConfig:
     readout: str = "linear"
     dense_per_segment: int = 0
     dense_last_segments: int = 0
+    dense_horizon: int = 1
     retention_init: float = 0.0
     slowest_write_rate: float = 1.0
     recall_trains_embeddings: bool = True
@@ -109,7 +113,7 @@ class CMConfig:
                 raise ConfigError(f"CMConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.readout not in READOUTS:
             raise ConfigError(f"CMConfig.readout must be one of {READOUTS}, got {self.readout!r}")
-        for name in ("dense_per_segment", "dense_last_segments"):
+        for name in ("dense_per_segment", "dense_last_segments", "dense_horizon"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"CMConfig.{name} must be an integer >= 0, got {value!r}")
@@ -123,7 +127,9 @@ class CMConfig:
     @property
     def dense_targets(self) -> DenseTargets | None:
         """What the training loader must add to each batch; None without dense supervision."""
-        return DenseTargets.request(self.segment_len, self.dense_per_segment, self.dense_last_segments)
+        return DenseTargets.request(
+            self.segment_len, self.dense_per_segment, self.dense_last_segments, self.dense_horizon
+        )
 
     @property
     def uses_recall(self) -> bool:

@@ -75,7 +75,7 @@ def read_store_info(root: Path) -> StoreInfo | None:
         return None
     for index in range(count):
         path = partition_path(root, index, count)
-        if path.is_file():
+        if path.is_file() and path.stat().st_size > 0:  # an empty file is a partition not yet made
             part = SqlitePartition(path, None, index)
             part.close()
             return part.info

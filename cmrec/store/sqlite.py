@@ -11,6 +11,7 @@ no update is lost.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -88,6 +89,37 @@ class StoreInfo:
             raise StoreError(f"partitions must be >= 1, got {self.partitions}")
 
 
+def _meta_rows(info: StoreInfo, index: int) -> list[tuple[str, str]]:
+    values = {**asdict(info), "format": FORMAT, "partition": index}
+    return [(key, json.dumps(value)) for key, value in values.items()]
+
+
+def _create_file(path: Path, info: StoreInfo, index: int) -> None:
+    """Create a complete partition file (schema and meta rows) under a scratch name, then link it
+    into place: another process never sees a partition without its meta, and of two processes
+    creating one partition at once the first link wins and the other uses that file."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    db = sqlite3.connect(scratch, isolation_level=None)
+    try:
+        # Rows of ~5 KB (K x d_m float32 plus bookkeeping) spill into overflow pages of SQLite's
+        # default 4 KB page; 16 KB pages hold three rows each. Set before WAL (kept in the file).
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", _meta_rows(info, index))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    try:
+        os.link(scratch, path)
+    except FileExistsError:
+        pass  # created by another process meanwhile: its meta is checked like any existing file's
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{scratch}{suffix}").unlink(missing_ok=True)
+
+
 class SqlitePartition:
     """One SQLite file holding the users of one partition.
 
@@ -101,18 +133,15 @@ class SqlitePartition:
 
     def __init__(self, path: Path, info: StoreInfo | None, index: int) -> None:
         self.path = path
-        exists = path.is_file()
-        if not exists and info is None:
-            raise StoreError(f"{path}: no such store partition")
+        if not path.is_file():
+            if info is None:
+                raise StoreError(f"{path}: no such store partition")
+            _create_file(path, info, index)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, timeout=LOCK_TIMEOUT_S)
-            if not exists:
-                # Rows of ~5 KB (K x d_m float32 plus bookkeeping) spill into overflow pages of
-                # SQLite's default 4 KB page; 16 KB pages hold three rows each. Set before WAL.
-                self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
-            meta = self._read_meta() if exists else {}
+            meta = self._read_meta()
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"{path}: not a readable cmrec memory store partition ({exc}); rebuild the store from "
@@ -122,21 +151,22 @@ class SqlitePartition:
         if not meta:
             if info is None:
                 raise StoreError(f"{path}: not a cmrec memory store (no meta table)")
-            self._create(info, index)
+            self._initialise(info, index)  # an empty database file (e.g. a bare sqlite3.connect's)
             meta = self._read_meta()
         self.info = self._check_meta(meta, info, index)
         self.index = index
         self._shape = (self.info.slots, self.info.memory_dim)
 
-    def _create(self, info: StoreInfo, index: int) -> None:
-        values = {**asdict(info), "format": FORMAT, "partition": index}
-        self._db.executescript(_SCHEMA)  # idempotent; the meta rows below mark the file complete
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.executemany(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-            [(key, json.dumps(value)) for key, value in values.items()],
-        )
-        self._db.execute("COMMIT")
+    def _initialise(self, info: StoreInfo, index: int) -> None:
+        """Make an existing empty database a partition; idempotent, so two processes may race."""
+        try:
+            self._db.executescript(_SCHEMA)
+            with self._transaction("BEGIN IMMEDIATE"):
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", _meta_rows(info, index)
+                )
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from exc
 
     def _read_meta(self) -> dict[str, Any]:
         tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}

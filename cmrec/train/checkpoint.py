@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cmrec.atomic import write_file
 from cmrec.data.dataset import Vocabularies
 from cmrec.errors import CmrecError
 from cmrec.models.registry import DataSpec, build_model, model_config
@@ -39,9 +40,7 @@ def checkpoint_payload(
 
 
 def write_payload(path: Path, payload: dict[str, Any]) -> None:
-    scratch = path.with_suffix(".tmp")
-    torch.save(payload, scratch)
-    scratch.replace(path)  # never a half-written checkpoint
+    write_file(path, lambda scratch: torch.save(payload, scratch))  # never a half-written checkpoint
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, Vocabularies, dict[str, Any]]:

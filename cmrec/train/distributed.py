@@ -57,6 +57,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
+from cmrec.atomic import aside_folder, partial_folder, swap_in
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import CmrecError, ConfigError
 from cmrec.train.loop import Predictions
@@ -302,7 +303,7 @@ def save_distributed(
 ) -> None:
     """Write a distributed checkpoint folder: model (and optimiser) shards, the trainer's state,
     and every rank's RNG state. Written beside `path` and renamed when complete."""
-    scratch = path.with_name(path.name + ".partial")
+    scratch = partial_folder(path)
     if cluster.is_main:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
@@ -317,12 +318,7 @@ def save_distributed(
         (scratch / TRAINER_STATE).write_text(
             json.dumps({**trainer_state, "world_size": cluster.world_size}, indent=2) + "\n"
         )
-        old = path.with_name(path.name + ".old")
-        if path.exists():  # else `old` may be the only whole checkpoint: keep it until the rename
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        scratch.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(scratch, path)
     cluster.barrier()
 
 
@@ -354,8 +350,9 @@ def load_distributed(
 
 def complete_checkpoint(path: Path) -> Path | None:
     """`path` when it holds a whole checkpoint; else the previous one that `save_distributed` set
-    aside (`path.old`) when interrupted between its two renames; else None."""
-    for candidate in (path, path.with_name(path.name + ".old")):
+    aside (`aside_folder`) when interrupted between two renames (systems without an atomic
+    exchange); else None."""
+    for candidate in (path, aside_folder(path)):
         if (candidate / ".metadata").is_file() and (candidate / TRAINER_STATE).is_file():
             return candidate
     return None

@@ -75,6 +75,30 @@ def test_per_segment_and_last_segments_choose_fewer_targets() -> None:
     assert batch.history_targets.position[0::2].tolist() == [6, 7, 8, 9, 2, 3, 4]
 
 
+@pytest.mark.parametrize("horizon", [0, 1, 2])
+def test_a_horizon_lets_an_older_memory_score_the_click(horizon: int) -> None:
+    histories, samples = _store()
+    spec = DenseTargets(segment_len=2, horizon=horizon)
+    seen, before = [], []
+    for seed in range(20):  # the draws differ by seed; pool them
+        targets = Collator(histories, samples, 10, dense=_supervision(spec, seed))(
+            [0, 1, 2, 3]
+        ).history_targets
+        assert targets is not None
+        assert (targets.seen[0::2] == targets.seen[1::2]).all()  # a positive and its negative alike
+        seen.append(targets.seen[0::2].numpy())
+        before.append((targets.position[0::2] // 2).numpy())
+    got, limit = np.concatenate(seen), np.concatenate(before)
+    assert (got >= 1).all() and (got <= limit).all()
+    if horizon == 1:
+        assert (got == limit).all()
+    else:
+        reach = limit if horizon == 0 else np.minimum(limit, horizon)
+        assert (got > limit - reach).all()
+        for lag in range(int(reach.max())):  # every allowed lag occurs
+            assert (limit - got == lag).any()
+
+
 def test_draws_are_seeded() -> None:
     histories, samples = _store()
     spec = DenseTargets(segment_len=2, per_segment=1)
@@ -124,7 +148,9 @@ def test_no_training_target_comes_from_the_held_out_region() -> None:
 
 
 def test_bad_requests_are_refused() -> None:
-    with pytest.raises(ConfigError, match="per_segment >= 0"):
+    with pytest.raises(ConfigError, match="per_segment, last_segments, horizon >= 0"):
         DenseTargets(segment_len=20, per_segment=-1)
+    with pytest.raises(ConfigError, match="got 20, 0, 0, -1"):
+        DenseTargets(segment_len=20, horizon=-1)
     assert DenseTargets.request(20, 0, 0) is None
     assert DenseTargets.request(20, 25, 3) == DenseTargets(20, 0, 3)  # more than N: every click

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,15 @@ def test_timestamps_mixing_numbers_and_dates_are_refused() -> None:
     frame = pd.DataFrame({"user_id": [1, 1], "item_id": [1, 2], "timestamp": ["2024-01-01", "17"]})
     with pytest.raises(DataValidationError, match="row 2: '17' is an epoch number but other rows"):
         validate_events(frame)
+
+
+def test_the_odd_timestamp_out_is_the_row_named(tmp_path: Path) -> None:
+    rows = [f"{u % 3},{u},{1_700_000_000 + u}" for u in range(10)] + ["1,10,2024-01-01T00:00:00"]
+    path = tmp_path / "mixed.csv"
+    path.write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    message = "row 11 (line 12): '2024-01-01T00:00:00' is a date-time but other rows are epoch numbers"
+    with pytest.raises(DataValidationError, match=re.escape(message)):
+        read_events(path)
 
 
 def test_numeric_text_timestamps_are_numbers() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cmrec.atomic import aside_folder
 from cmrec.train.distributed import TRAINER_STATE, complete_checkpoint
 
 pytestmark = pytest.mark.distributed
@@ -21,8 +22,8 @@ def _whole(folder: Path) -> Path:
 def test_a_whole_folder_wins_then_the_set_aside_one_then_none(tmp_path: Path) -> None:
     last = tmp_path / "last"
     assert complete_checkpoint(last) is None
-    _whole(tmp_path / "last.old")  # interrupted between the two renames of a save
-    assert complete_checkpoint(last) == tmp_path / "last.old"
+    _whole(aside_folder(last))  # interrupted between the two renames of a save
+    assert complete_checkpoint(last) == aside_folder(last)
     _whole(last)
     assert complete_checkpoint(last) == last
     partial = tmp_path / "other"

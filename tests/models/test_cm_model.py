@@ -210,6 +210,7 @@ def test_a_checkpoint_saved_before_a_config_field_existed_loads_as_it_was_traine
         "readout",
         "dense_per_segment",
         "dense_last_segments",
+        "dense_horizon",
         "retention_init",
         "slowest_write_rate",
     ):

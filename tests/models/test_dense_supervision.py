@@ -24,6 +24,7 @@ from tests.models.conftest import TINY
 SMALL: dict[str, dict[str, Any]] = {
     "cm": {**TINY, "dense_per_segment": 2},
     "cm-paper": {**TINY, "dense_per_segment": 4},  # the paper's linear read-out, every click
+    "cm-only-reason": {**TINY, "dense_per_segment": 3, "dense_horizon": 0},  # any earlier memory
     "gru4rec": {"item_dim": 8, "hidden": 8, "mlp": (16,), "dense_per_segment": 3},
     "avg-pool": {"item_dim": 8, "mlp": (16,), "dense_per_segment": 20, "dense_last_segments": 1},
 }
@@ -52,9 +53,15 @@ def test_dense_targets_are_scored_like_samples_that_end_at_their_state(data: Cli
     rows = np.flatnonzero(np.r_[True, np.diff(batch.history_index.numpy()) != 0])[: batch.num_histories]
     sequence = data.train.sequence[np.arange(16)][rows]
     position = targets.position.numpy()
-    if name.startswith("cm"):  # the memory after the whole segments before the click
+    if name.startswith("cm"):  # the memory after the first `seen` whole segments
         n = model.config.segment_len
-        position = position // n * n
+        seen = targets.seen.numpy()
+        assert ((seen >= 1) & (seen <= position // n)).all()
+        if model.config.dense_horizon == 1:
+            assert (seen == position // n).all()
+        else:
+            assert (seen < position // n).any()  # some targets are scored by an older memory
+        position = seen * n
     assert targets.categories is not None
     alone = Samples(
         sequence=sequence[targets.history_row.numpy()],
