@@ -2,12 +2,22 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 warnings.filterwarnings("ignore", message="is_fx_tracing will return true")
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A throw-away MLflow store in the test's folder, which is also the working directory."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
 
 
 @pytest.fixture

@@ -27,12 +27,7 @@ TINY = ["--dataset", "xlong-synthetic", "--synthetic-users", "40", "--synthetic-
 TINY += ["--max-len", "24", "--train-targets-per-user", "2", "--batch-size", "16", "--epochs", "1"]
 
 
-@pytest.fixture(autouse=True)
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    return uri
+pytestmark = pytest.mark.usefixtures("mlflow_store")  # tests/conftest.py
 
 
 def _train(out: Path, *extra: str) -> list[str]:

@@ -32,12 +32,7 @@ def _generate(out: Path, users: int) -> None:
     assert cli.main([*argv, "--out", str(out)]) == 0
 
 
-@pytest.fixture(autouse=True)
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    return uri
+pytestmark = pytest.mark.usefixtures("mlflow_store")  # tests/conftest.py
 
 
 def test_train_writes_a_run_folder_evaluate_and_compare_read_it(

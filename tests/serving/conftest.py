@@ -62,6 +62,21 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, log: pd.DataFrame) -> Path
     return make_run(tmp_path_factory.mktemp("run"), log)
 
 
+def refresh_argv(run: Path, events: Path, store: Path, *extra: str) -> list[str]:
+    """`cmrec refresh` of `events` into `store` with `run`, without a progress bar."""
+    return [
+        "refresh",
+        "--run",
+        str(run),
+        "--events",
+        str(events),
+        "--store",
+        str(store),
+        "--no-progress",
+        *extra,
+    ]
+
+
 def dump(store: Path) -> list[tuple[Any, ...]]:
     """Every stored row of every partition but the update time, in a fixed order."""
     rows: list[tuple[Any, ...]] = []

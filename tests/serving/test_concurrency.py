@@ -24,7 +24,7 @@ import torch
 from cmrec import cli
 from cmrec.store import MemoryStore
 from pipelines.refresh import store_lock
-from tests.serving.conftest import dump, stream
+from tests.serving.conftest import dump, refresh_argv, stream
 
 FORK = multiprocessing.get_context("fork")
 ROUNDS = int(os.environ.get("CMREC_STRESS_ROUNDS", "2"))
@@ -56,10 +56,7 @@ def test_two_concurrent_refreshes_lose_nothing(tmp_path: Path, run_dir: Path) ->
     later.to_parquet(files["later"])
 
     def argv(store: Path, name: str) -> list[str]:
-        return [
-            "refresh", "--run", str(run_dir), "--events", str(files[name]), "--store", str(store),
-            "--batch-users", "2", "--no-progress",
-        ]  # fmt: skip
+        return refresh_argv(run_dir, files[name], store, "--batch-users", "2")
 
     # The two orders the jobs may take the store in: base then later (every click kept), or
     # later then base (base's clicks are older than the watermark: dropped as late, and reported).
@@ -95,21 +92,19 @@ def test_two_concurrent_refreshes_lose_nothing(tmp_path: Path, run_dir: Path) ->
     print(f"{ROUNDS} rounds, first job per round: {orders}")
 
 
-def test_a_rebuild_is_refused_while_a_refresh_holds_the_store(
-    tmp_path: Path, run_dir: Path, log_file: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def refreshed(tmp_path: Path, run_dir: Path, log_file: Path) -> tuple[Path, list[str]]:
+    """A store refreshed with the whole log, and the refresh's command line."""
     store = tmp_path / "store"
-    argv = [
-        "refresh",
-        "--run",
-        str(run_dir),
-        "--events",
-        str(log_file),
-        "--store",
-        str(store),
-        "--no-progress",
-    ]
+    argv = refresh_argv(run_dir, log_file, store)
     assert cli.main(argv) == 0
+    return store, argv
+
+
+def test_a_rebuild_is_refused_while_a_refresh_holds_the_store(
+    refreshed: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, argv = refreshed
     before = dump(store)
     with store_lock(store, exclusive=False):  # a refresh running in another process
         assert cli.main([*argv, "--rebuild"]) == 2
@@ -122,20 +117,9 @@ def test_a_rebuild_is_refused_while_a_refresh_holds_the_store(
 
 
 def test_a_damaged_partition_file_is_one_clear_error(
-    tmp_path: Path, run_dir: Path, log_file: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, run_dir: Path, refreshed: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    store = tmp_path / "store"
-    refresh = [
-        "refresh",
-        "--run",
-        str(run_dir),
-        "--events",
-        str(log_file),
-        "--store",
-        str(store),
-        "--no-progress",
-    ]
-    assert cli.main(refresh) == 0
+    store, refresh = refreshed
     part = store / "part-00000-of-00001.sqlite"
     with sqlite3.connect(part) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
