@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -83,13 +84,31 @@ def test_train_writes_a_run_folder_evaluate_and_compare_read_it(
     assert metrics["train_seconds_per_epoch"] > 0
 
 
-def test_same_seed_same_result(tmp_path: Path) -> None:
-    results = []
+@pytest.mark.parametrize("model", ["cm", "dien", "gru4rec", "avg-pool"])
+def test_same_seed_same_result(tmp_path: Path, model: str) -> None:
+    """Two runs of one seed agree on every loss, metric and prediction (the README's claim)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CM_CONFIG if model == "cm" else "item_dim: 8\n")
+    runs = []
     for name in ("a", "b"):
-        argv = ["train", "--model", "gru4rec", *TINY_DATA, "--epochs", "1", "--no-mlflow"]
+        argv = [
+            "train",
+            "--model",
+            model,
+            *TINY_DATA,
+            "--epochs",
+            "2",
+            "--no-mlflow",
+            "--config",
+            str(config),
+        ]
         assert cli.main([*argv, "--out", str(tmp_path / name)]) == 0
-        results.append(json.loads((tmp_path / name / "metrics.json").read_text())["test"])
-    assert results[0] == results[1]
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        predictions = pd.read_parquet(tmp_path / name / "test_predictions.parquet")
+        runs.append((metrics["test"], [row["train"] for row in metrics["epochs"]], predictions))
+    (test_a, losses_a, predictions_a), (test_b, losses_b, predictions_b) = runs
+    assert test_a == test_b and losses_a == losses_b and len(losses_a) == 2
+    pd.testing.assert_frame_equal(predictions_a, predictions_b, check_exact=True)
 
 
 def test_dien_trains_with_pipeline_negatives(tmp_path: Path) -> None:
