@@ -117,6 +117,9 @@ class LocalTrainer(_Trainer):
     def plain_model(self) -> nn.Module:
         return self.model
 
+    def finish(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -195,6 +198,12 @@ class DistributedTrainer(_Trainer):
     def plain_model(self) -> nn.Module:
         model, _, _ = load_checkpoint(self.args.out / CHECKPOINT)
         return model
+
+    def finish(self) -> None:
+        """Every rank waits here until rank 0 has written and logged the run: a rank that tore its
+        process group down while rank 0 still logged to MLflow was seen to abort (SIGABRT,
+        "terminate called without an active exception") in a CI run."""
+        self.cluster.barrier()
 
     def close(self) -> None:
         self.cluster.close()

@@ -246,6 +246,7 @@ def _train(
         tracker = RunTracker(args.experiment, f"{args.model}-seed{args.seed}", {"model": args.model})
     try:
         summary = _fit(args, data, trainer, tracker, params)
+        trainer.finish()
     finally:
         if tracker is not None:
             tracker.__exit__(*sys.exc_info())
