@@ -16,13 +16,10 @@ event log (after retraining) into a new folder and swaps it in at the end.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import shutil
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -44,6 +41,7 @@ from cmrec.store import (
     partition_of,
     partition_path,
     read_store_info,
+    store_lock,
     writer_locks,
 )
 from pipelines._common import torchrun_world
@@ -139,37 +137,6 @@ def _locked_run(
         f"({info.partitions} partition(s), {info.dtype} memories)"
     )
     return 0
-
-
-@contextmanager
-def store_lock(store: Path, exclusive: bool) -> Iterator[None]:
-    """An advisory lock on STORE.lock (beside the store folder) for the whole job.
-
-    Refreshes share it (they take turns batch by batch inside each partition's write transaction);
-    ``--rebuild`` needs it alone, because it swaps the whole folder at the end and a refresh
-    writing into the old folder meanwhile would be lost. Whoever cannot get it fails at once,
-    before reading anything. `flock` locks hold between processes of one machine; workers on
-    several machines sharing a folder must not run a rebuild beside a refresh.
-    """
-    store.parent.mkdir(parents=True, exist_ok=True)
-    path = store.with_name(store.name + ".lock")
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CmrecError(
-                f"{store}: "
-                + (
-                    "another refresh or rebuild is using this store"
-                    if exclusive
-                    else "this store is being rebuilt by another process"
-                )
-                + f" (lock {path}); run this once it has finished"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _worker_identity(args: argparse.Namespace) -> tuple[int, int]:

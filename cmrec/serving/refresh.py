@@ -110,7 +110,7 @@ class Refresher:
         bar = progress_bar(events.num_events, desc="refresh", unit="ev") if show_progress else None
         done = 0
         for users in self._batches(events.num_users, groups):
-            self._refresh_batch(events, users, stats)
+            stats = stats.merge(self._refresh_batch(events, users))
             done += len(users)
             if bar is not None:
                 bar.update(int((events.offsets[users + 1] - events.offsets[users]).sum()))
@@ -131,7 +131,7 @@ class Refresher:
             batches += [members[i : i + self.batch_users] for i in range(0, len(members), self.batch_users)]
         return batches
 
-    def _refresh_batch(self, events: UserEvents, users: np.ndarray, stats: RefreshStats) -> None:
+    def _refresh_batch(self, events: UserEvents, users: np.ndarray) -> RefreshStats:
         """Read, plan, write and store one batch in one store transaction (`update_many`): a
         concurrent refresh of the same users waits, then plans from what this one committed."""
         row_of = {str(events.user_ids[u]): int(u) for u in users}
@@ -159,9 +159,10 @@ class Refresher:
             return new_states
 
         self.store.update_many(list(row_of), apply)
+        total = RefreshStats()
         for count in counts.values():
-            for name in ("applied", "dropped", "new_users", "updated_users", "segments"):
-                setattr(stats, name, getattr(stats, name) + getattr(count, name))
+            total = total.merge(count)
+        return total
 
     def _plan(self, user_id: str, state: UserState | None, events: UserEvents, span: slice) -> _Plan:
         times, raw = events.times[span], events.raw_items[span]

@@ -6,6 +6,7 @@ from cmrec.store.folder import (
     partition_of,
     partition_path,
     read_store_info,
+    store_lock,
     writer_locks,
 )
 from cmrec.store.protocol import MemoryStoreProtocol
@@ -25,5 +26,6 @@ __all__ = [
     "partition_of",
     "partition_path",
     "read_store_info",
+    "store_lock",
     "writer_locks",
 ]

@@ -45,12 +45,50 @@ def writer_locks(root: Path, indices: Sequence[int], partitions: int) -> Iterato
     with ExitStack() as stack:
         for index in sorted(set(indices)):
             path = Path(str(partition_path(root, index, partitions)) + ".lock")
-            handle = stack.enter_context(open(path, "a+"))
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+
+            def wait(path: Path = path) -> None:
                 print(f"{path}: another refresh is writing this partition; waiting for it", file=sys.stderr)
-                fcntl.flock(handle, fcntl.LOCK_EX)
+
+            stack.enter_context(_flocked(path, shared=False, when_busy=wait))
+        yield
+
+
+@contextmanager
+def store_lock(store: Path, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on STORE.lock (beside the store folder) for a whole refresh job.
+
+    Refreshes share it (they take turns inside each partition: `writer_locks`); ``--rebuild``
+    needs it alone, because it swaps the whole folder at the end and a refresh writing into the
+    old folder meanwhile would be lost. Whoever cannot get it fails at once, before reading
+    anything. Like `writer_locks`, it holds between processes of one machine only.
+    """
+    store.parent.mkdir(parents=True, exist_ok=True)
+    path = store.with_name(store.name + ".lock")
+
+    def refuse() -> None:
+        holder = (
+            "another refresh or rebuild is using this store"
+            if exclusive
+            else "this store is being rebuilt by another process"
+        )
+        raise StoreError(f"{store}: {holder} (lock {path}); run this once it has finished")
+
+    with _flocked(path, shared=not exclusive, when_busy=refuse):
+        yield
+
+
+@contextmanager
+def _flocked(path: Path, shared: bool, when_busy: Callable[[], None]) -> Iterator[None]:
+    """`flock` on `path` (created if missing) while the block runs; when another process holds it,
+    `when_busy()` either raises (fail fast) or returns, and then this waits for the lock. Closing
+    the file releases it, as the kernel does for a killed process."""
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            when_busy()
+            fcntl.flock(handle, mode)
         yield
 
 

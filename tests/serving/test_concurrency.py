@@ -22,8 +22,7 @@ import pytest
 import torch
 
 from cmrec import cli
-from cmrec.store import MemoryStore
-from pipelines.refresh import store_lock
+from cmrec.store import MemoryStore, store_lock
 from tests.serving.conftest import dump, refresh_argv, stream
 
 FORK = multiprocessing.get_context("fork")
