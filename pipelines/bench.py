@@ -178,10 +178,10 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
     features = model.machine.encoder(x, mask).detach().requires_grad_()
     initial = model.initial_memory(lengths.numel())
     states = model.machine.trajectory(initial, x, mask).detach().requires_grad_()  # (H, T, K, d_m)
-    memory = states[:, -1]
+    memory = model.machine.slots_of(states[:, -1])
 
     def update_loop() -> torch.Tensor:
-        return model.machine.write_features(initial, features, mask)
+        return model.machine.write_features(initial, features, mask, x)
 
     parts: dict[str, Callable[[], torch.Tensor]] = {
         "embeddings": lambda: model.embeddings(batch.history)[0],

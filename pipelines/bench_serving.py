@@ -231,7 +231,7 @@ def _bench_store(served: ServedModel, scratch: Path, rng: np.random.Generator) -
             UserState(
                 user_id=f"user-{i}",
                 memory=torch.from_numpy(
-                    rng.standard_normal((config.slots, config.memory_dim)).astype(np.float32)
+                    rng.standard_normal((config.memory_rows, config.memory_dim)).astype(np.float32)
                 ),
                 pending_items=rng.integers(2, 100, size=10).astype(np.int32),
                 pending_categories=rng.integers(2, 10, size=10).astype(np.int32),
@@ -259,7 +259,7 @@ def _bench_store_dtype(
         store.checkpoint()  # fold the write-ahead log into the database before measuring its size
         on_disk = store.file_bytes()
     return {
-        "memory_bytes_per_user": config.slots * config.memory_dim * (4 if dtype == "float32" else 2),
+        "memory_bytes_per_user": config.memory_rows * config.memory_dim * (4 if dtype == "float32" else 2),
         "file_bytes_per_user": round(on_disk / len(states), 1),
         "write_100_users_ms": write,
         "write_1_user_ms": write_one,

@@ -432,7 +432,7 @@ def write_predictions(path: Path, predictions: Predictions) -> None:
 def _memory_bytes_per_user(config: Any, data: ClickLogData) -> int:
     """What serving stores per user: a memory of K x d_m float32, or the history's int32 ids."""
     if hasattr(config, "slots") and hasattr(config, "memory_dim"):
-        return int(config.slots * config.memory_dim * 4)
+        return int(config.memory_rows * config.memory_dim * 4)
     ids_per_event = 1 if data.histories.categories is None else 2
     return int(data.max_len * ids_per_event * 4)
 

@@ -10,6 +10,15 @@ Two read-outs of the hops' final query q_C:
   max_k s_k; logsumexp_k s_k]`` where ``s_k = (W_m q_0)·m_k / sqrt(d_m)`` is how strongly slot k
   matches the candidate; the max and the log-sum-exp say how much of the memory is about it, which
   a softmax-weighted average alone hides. Still memory and candidate only: serving is unchanged.
+
+With ``history_mean`` the memory's last two rows are the mean of the whole history and its segment
+count (`ContinualMemoryMachine`): the hops attend over the K slots only, and a second MLP over
+``[h; e_C; h ⊙ e_C]`` (avg-pool's features, for the history mean h and the candidate embedding e_C)
+adds its logit to the "match" logit. Added, not concatenated into one MLP: trained on next-segment
+clicks, one MLP learns to let "not in the recent slots" veto everything, and the evidence of an
+interest that only the mean still holds is lost (measured: README, "Quality study"). `logit_parts`
+returns the two addends, so that the model can also train the mean's logit alone
+(``CMConfig.lambda_mean``).
 """
 
 from __future__ import annotations
@@ -63,6 +72,8 @@ class ReasonHead(nn.Module):
         hops: C (the paper uses 1 for sequence recommendation).
         readout: "linear" (the paper's) or "match" (see the module docstring).
         mlp: hidden widths of the "match" read-out's MLP.
+        history_mean: the memory ends with the history-mean rows ("match" read-out only; the
+            mean is d_m wide and multiplies the candidate, so d_x must equal d_m).
 
     Example::
 
@@ -78,10 +89,16 @@ class ReasonHead(nn.Module):
         hops: int,
         readout: Readout = "linear",
         mlp: tuple[int, ...] = (200, 80),
+        history_mean: bool = False,
     ) -> None:
         super().__init__()
         if readout not in READOUTS:
             raise ConfigError(f"readout must be one of {READOUTS}, got {readout!r}")
+        if history_mean and (readout != "match" or item_dim != memory_dim):
+            raise ConfigError(
+                "history_mean needs the 'match' read-out and item_dim == memory_dim, "
+                f"got {readout!r}, {item_dim} and {memory_dim}"
+            )
         self.readout = readout
         self.query_in: nn.Module = nn.Linear(item_dim, model_dim) if item_dim != model_dim else nn.Identity()
         self.hops = nn.ModuleList([_Hop(memory_dim, model_dim) for _ in range(hops)])
@@ -91,24 +108,39 @@ class ReasonHead(nn.Module):
         else:
             self.match = nn.Linear(model_dim, memory_dim, bias=False)  # W_m
             self.output = MLP(4 * model_dim + 2, mlp)
+        self.mean_output: nn.Module | None = MLP(3 * memory_dim, mlp) if history_mean else None
 
     def forward(
         self, memory: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """memory: (S, K, d_m); candidates: (S, d_x) -> (S,) logits.
+        """memory: (S, R, d_m) (R = K, or K + 2 with the history mean); candidates: (S, d_x) -> (S,) logits.
 
-        With `rows` (S,), memory is (M, K, d_m) and candidate i is scored against memory
+        With `rows` (S,), memory is (M, R, d_m) and candidate i is scored against memory
         ``rows[i]``: the same logits as ``forward(memory[rows], candidates)``, cheaper when many
         candidates share a memory.
         """
+        slot_logits, mean_logits = self.logit_parts(memory, candidates, rows)
+        return slot_logits if mean_logits is None else slot_logits + mean_logits
+
+    def logit_parts(
+        self, memory: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`forward`'s two addends: the slots' logit and the history mean's (None without it)."""
+        mean_logits: torch.Tensor | None = None
+        if self.mean_output is not None:
+            mean = memory[:, -2]  # (M, d_m) the history mean; memory[:, -1] is its count
+            mean = mean if rows is None else mean[rows]  # (S, d_m)
+            memory = memory[:, :-2]  # (M, K, d_m) the slots
+            features = torch.cat([mean, candidates, mean * candidates], dim=-1)  # (S, 3 d_m)
+            mean_logits = self.mean_output(features).squeeze(-1)
         first = query = self.query_in(candidates)  # (S, d_model) q_0
         for hop in self.hops:
             query = hop(memory, query, rows)
         if self.readout == "linear":
-            return self.output(query).squeeze(-1)
+            return self.output(query).squeeze(-1), mean_logits
         if rows is not None:
             memory = memory[rows]  # (S, K, d_m)
         scores = (memory @ self.match(first)[:, :, None]).squeeze(-1) * memory.shape[-1] ** -0.5  # (S, K)
         strength = torch.stack([scores.amax(dim=1), torch.logsumexp(scores, dim=1)], dim=-1)  # (S, 2)
         features = torch.cat([first, query, first * query, first - query, strength], dim=-1)
-        return self.output(features).squeeze(-1)
+        return self.output(features).squeeze(-1), mean_logits

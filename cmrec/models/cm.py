@@ -1,7 +1,8 @@
 """Continual Memory assembled: embeddings -> memory machine G -> reason head R (+ recall model H).
 
 Shape letters: S samples, H histories in the batch, T segments, N items per segment, K slots,
-d_x item width, d_m slot width, P sampled items.
+R memory rows (K, or K + 2 with ``CMConfig.history_mean``), d_x item width, d_m slot width,
+P sampled items.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class ContinualMemoryModel(nn.Module):
 
         model = ContinualMemoryModel(CMConfig(), ItemEmbeddings(num_items=10_000, dim=64))
         out = model(batch)                        # ModelOutput(logits (S,), losses)
-        memory = model.write(model.initial_memory(B), segment_items, mask)   # (B, K, d_m)
+        memory = model.write(model.initial_memory(B), segment_items, mask)   # (B, R, d_m)
         logits = model.score(memory, candidates)  # (B,)
     """
 
@@ -66,13 +67,16 @@ class ContinualMemoryModel(nn.Module):
             config.slots,
             config.slowest_write_rate,
         )
-        self.machine = ContinualMemoryMachine(encoder, update, config.slots, config.memory_dim)
+        self.machine = ContinualMemoryMachine(
+            encoder, update, config.slots, config.memory_dim, history_mean=config.history_mean
+        )
         self.reason = ReasonHead(
             config.item_dim,
             config.memory_dim,
             config.model_dim,
             config.hops,
             readout="match" if config.readout == "match" else "linear",
+            history_mean=config.history_mean,
         )
         self.dense_targets = config.dense_targets  # what the training loader must add to batches
         self.recall: HistoryRecall | None = None
@@ -96,9 +100,11 @@ class ContinualMemoryModel(nn.Module):
             self.loss_weights["item"] = config.lambda_item
         if config.lambda_seq > 0:
             self.loss_weights["seq"] = config.lambda_seq
+        if config.history_mean and config.lambda_mean > 0:
+            self.loss_weights["mean"] = config.lambda_mean
 
     def initial_memory(self, batch_size: int) -> torch.Tensor:
-        """(B, K, d_m) memory of users without history."""
+        """(B, rows, d_m) memory of users without history (rows: K, + 2 with ``history_mean``)."""
         return self.machine.initial_memory(batch_size)
 
     def write(
@@ -111,13 +117,13 @@ class ContinualMemoryModel(nn.Module):
         """Write whole segments into memories; pure (returns a new tensor).
 
         Args:
-            memory: (B, K, d_m).
+            memory: (B, R, d_m).
             segment_items: (B, T, N) or (B, N) item ids, oldest first.
             mask: same shape, True at real items.
             segment_categories: category ids of the same shape; each item's own category when None.
 
         Returns:
-            (B, K, d_m) memory after the segments.
+            (B, R, d_m) memory after the segments.
         """
         if segment_items.dim() == 2:
             segment_items, mask = segment_items[:, None], mask[:, None]
@@ -133,7 +139,7 @@ class ContinualMemoryModel(nn.Module):
     def score(
         self, memory: torch.Tensor, items: torch.Tensor, categories: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(S, K, d_m) memories and (S,) candidate ids -> (S,) CTR logits."""
+        """(S, R, d_m) memories and (S,) candidate ids -> (S,) CTR logits."""
         return self.reason(memory, self.embeddings.lookup(items, categories))
 
     def build_memory(
@@ -142,7 +148,7 @@ class ContinualMemoryModel(nn.Module):
         """Memories of jagged histories, plus the segment grid the recall model reads.
 
         Returns:
-            memory (H, K, d_m), x (H, T, N, d_x), ids (H, T, N), mask (H, T, N).
+            memory (H, R, d_m), x (H, T, N, d_x), ids (H, T, N), mask (H, T, N).
         """
         states, x, ids, mask = self.build_trajectory(history)
         return states[:, -1], x, ids, mask
@@ -150,7 +156,7 @@ class ContinualMemoryModel(nn.Module):
     def build_trajectory(
         self, history: KeyedJaggedTensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`build_memory` with the memory after every segment: states (H, T, K, d_m), x, ids, mask."""
+        """`build_memory` with the memory after every segment: states (H, T, R, d_m), x, ids, mask."""
         values, lengths = self.embeddings(history)  # (E, d_x), (H,)
         x, mask = segment_jagged(values, lengths, self.config.segment_len)
         ids, _ = segment_jagged(history[ITEM_KEY].values(), lengths, self.config.segment_len)
@@ -161,11 +167,18 @@ class ContinualMemoryModel(nn.Module):
         """Logits of the batch's samples, then of its dense targets (if any).
 
         Args:
-            states: (H, T, K, d_m) the memory after every segment (`build_trajectory`).
+            states: (H, T, R, d_m) the memory after every segment (`build_trajectory`).
 
         Returns:
             (S + D,) logits; the first S are the samples'.
         """
+        slot_logits, mean_logits = self.reason_logit_parts(states, batch)
+        return slot_logits if mean_logits is None else slot_logits + mean_logits
+
+    def reason_logit_parts(
+        self, states: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`reason_logits` as the head's two addends (`ReasonHead.logit_parts`)."""
         segments = states.shape[1]
         rows = batch.history_index * segments + segments - 1  # (S,) rows of states.flatten(0, 1)
         items, categories = batch.target_items, batch.target_categories
@@ -178,15 +191,17 @@ class ContinualMemoryModel(nn.Module):
             items = torch.cat([items, targets.items])
             categories = None if categories is None else torch.cat([categories, _given(targets.categories)])
         candidates = self.embeddings.lookup(items, categories)  # (S + D, d_x)
-        return self.reason(states.flatten(0, 1), candidates, rows)  # one head call for all targets
+        return self.reason.logit_parts(states.flatten(0, 1), candidates, rows)  # one call for all targets
 
     def forward(self, batch: Batch) -> ModelOutput:
         states, x, ids, mask = self.build_trajectory(batch.history)  # one pass per distinct history
-        memory = states[:, -1]  # (H, K, d_m)
-        all_logits = self.reason_logits(states, batch)
+        memory = self.machine.slots_of(states[:, -1])  # (H, K, d_m) what the recall model reads
+        slot_logits, mean_logits = self.reason_logit_parts(states, batch)
+        all_logits = slot_logits if mean_logits is None else slot_logits + mean_logits
         logits = all_logits[: batch.num_samples]
-        dense = all_logits[batch.num_samples :] if batch.history_targets is not None else None
-        losses = {"reason": batch.target_loss(logits, dense)}
+        losses = {"reason": self._target_loss(all_logits, batch)}
+        if mean_logits is not None and self.config.lambda_mean > 0 and self.training:
+            losses["mean"] = self._target_loss(mean_logits, batch)  # the mean's logit alone
         if self.recall is not None and self.training:
             sampled_ids = torch.randint(
                 NUM_RESERVED, self.embeddings.num_items, (self.config.sampled_items,), device=logits.device
@@ -196,6 +211,11 @@ class ContinualMemoryModel(nn.Module):
                 x, sampled = x.detach(), sampled.detach()
             losses.update(self.recall(memory, x, ids, mask, sampled_ids, sampled))
         return ModelOutput(logits=logits, losses=losses, weights=dict(self.loss_weights))
+
+    @staticmethod
+    def _target_loss(all_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        dense = all_logits[batch.num_samples :] if batch.history_targets is not None else None
+        return batch.target_loss(all_logits[: batch.num_samples], dense)
 
 
 def _given(tensor: torch.Tensor | None) -> torch.Tensor:

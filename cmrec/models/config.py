@@ -50,6 +50,12 @@ class CMConfig:
             write rate of the slowest slot: slot k keeps 1 - r_k of itself per segment, r_k
             log-spaced from 1 (slot 0) to this value, so slow slots keep old interests
             (see `MemoryUpdate`).
+        history_mean: False (the paper), or two more memory rows that keep the exact mean of the
+            whole history's item embeddings (per segment) and its segment count, read by the
+            "match" head beside the slots: the slots still forget, the mean cannot (see
+            `ContinualMemoryMachine`). Needs ``readout: match`` and item_dim == memory_dim.
+        lambda_mean: with ``history_mean``, the weight of a second reason loss on the history
+            mean's logit alone (0: off), so that the mean path is a whole predictor by itself.
         recall_trains_embeddings: whether the recall losses' fragment inputs and contrastive
             candidates pass gradient to the item tables (the paper: True). False keeps L_item's
             item-identification pull off the tables; the recall losses still train the memory,
@@ -81,6 +87,8 @@ class CMConfig:
     dense_horizon: int = 1
     retention_init: float = 0.0
     slowest_write_rate: float = 1.0
+    history_mean: bool = False
+    lambda_mean: float = 0.0
     recall_trains_embeddings: bool = True
 
     def __post_init__(self) -> None:
@@ -108,7 +116,7 @@ class CMConfig:
                 raise ConfigError(f"CMConfig.{name} must be in (0, 1), got {value}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"CMConfig.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("lambda_item", "lambda_seq", "lambda_reason"):
+        for name in ("lambda_item", "lambda_seq", "lambda_reason", "lambda_mean"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"CMConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.readout not in READOUTS:
@@ -121,6 +129,11 @@ class CMConfig:
             raise ConfigError(f"CMConfig.retention_init must be >= 0, got {self.retention_init}")
         if not 0.0 < self.slowest_write_rate <= 1.0:
             raise ConfigError(f"CMConfig.slowest_write_rate must be in (0, 1], got {self.slowest_write_rate}")
+        if self.history_mean and (self.readout != "match" or self.item_dim != self.memory_dim):
+            raise ConfigError(
+                "CMConfig.history_mean needs readout: match and item_dim == memory_dim, got "
+                f"readout {self.readout!r}, item_dim {self.item_dim}, memory_dim {self.memory_dim}"
+            )
         if self.lambda_reason == 0:
             raise ConfigError("CMConfig.lambda_reason must be > 0: the CTR head is what CM is trained for")
 
@@ -130,6 +143,11 @@ class CMConfig:
         return DenseTargets.request(
             self.segment_len, self.dense_per_segment, self.dense_last_segments, self.dense_horizon
         )
+
+    @property
+    def memory_rows(self) -> int:
+        """Rows of one user's stored memory: the K slots, and the two history-mean rows if on."""
+        return self.slots + (2 if self.history_mean else 0)
 
     @property
     def uses_recall(self) -> bool:

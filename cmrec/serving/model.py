@@ -118,7 +118,7 @@ class ServedModel:
         return StoreInfo(
             fingerprint=self.fingerprint,
             model=self.name,
-            slots=config.slots,
+            slots=config.memory_rows,
             memory_dim=config.memory_dim,
             segment_len=config.segment_len,
             has_categories=self.has_categories,

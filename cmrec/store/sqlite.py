@@ -66,7 +66,8 @@ class StoreInfo:
     Args:
         fingerprint: hash of the model weights, config and vocabularies (`model_fingerprint`).
         model: registered model name, for messages.
-        slots, memory_dim: K and d_m.
+        slots, memory_dim: rows and width of one memory: the K slots (and 2 more rows with
+            CMConfig.history_mean) and d_m.
         segment_len: N.
         has_categories: whether pending clicks carry category indices.
         dtype: precision of the stored memories.

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from cmrec.errors import ConfigError
 from cmrec.memory.machine import ContinualMemoryMachine
 from cmrec.memory.update import MemoryUpdate
 from cmrec.models.cm import ContinualMemoryModel
@@ -102,6 +104,7 @@ def test_batch_path_equals_plain_loop_reference_forward_and_backward(spec: DataS
     for history in histories:
         x = model.embeddings.lookup(history)
         expected.append(_machine_reference(model.machine, x, len(history)))
+    memory = model.machine.slots_of(memory)  # the history-mean rows have a test of their own
     assert_close(memory, torch.stack(expected), rtol=1e-5, atol=1e-5)
 
     weights = torch.randn_like(memory)
@@ -175,4 +178,81 @@ def test_memory_and_score_ignore_other_users_and_padding(spec: DataSpec) -> None
 def test_empty_history_keeps_the_initial_memory(spec: DataSpec) -> None:
     model = _model(spec)
     memory, _, _, _ = model.build_memory(_kjt([torch.zeros(0, dtype=torch.long)], spec.item_category))
-    assert_close(memory[0], model.machine.initial)
+    assert_close(model.machine.slots_of(memory)[0], model.machine.initial)
+    assert torch.count_nonzero(memory[0, TINY["slots"] :]) == 0  # no mean, no segment counted
+
+
+# ---- history_mean: two more rows that keep the exact mean of the whole history ----
+
+MEAN_TINY = {**TINY, "history_mean": True}
+
+
+def _mean_model(spec: DataSpec, seed: int = 0) -> ContinualMemoryModel:
+    torch.manual_seed(seed)
+    model = build_model("cm", spec, MEAN_TINY)
+    assert isinstance(model, ContinualMemoryModel)
+    return model.eval()
+
+
+def test_history_mean_rows_hold_the_mean_of_segment_means_and_the_slots_are_unchanged(spec: DataSpec) -> None:
+    model = _mean_model(spec)
+    lengths = [9, 4, 0, 12, 1]
+    histories = [_history(n, seed) for seed, n in enumerate(lengths)]
+    memory, _, _, _ = model.build_memory(_kjt(histories, spec.item_category))
+    assert memory.shape == (5, TINY["slots"] + 2, TINY["memory_dim"])
+    for row, history in zip(memory, histories, strict=True):
+        x = model.embeddings.lookup(history)
+        assert_close(
+            row[: TINY["slots"]], _machine_reference(model.machine, x, len(history)), rtol=1e-5, atol=1e-5
+        )
+        segment_means = [x[start : start + N].mean(dim=0) for start in range(0, len(history), N)]
+        expected = (
+            torch.stack(segment_means).mean(dim=0) if segment_means else torch.zeros(TINY["memory_dim"])
+        )
+        assert_close(row[-2], expected, rtol=1e-5, atol=1e-6)
+        assert row[-1, 0].item() == len(segment_means)
+        assert torch.count_nonzero(row[-1, 1:]) == 0
+
+
+@settings(max_examples=10, deadline=None)
+@given(length=st.integers(0, 20), cuts=st.lists(st.integers(0, 5), max_size=4), seed=st.integers(0, 1000))
+def test_history_mean_write_in_any_chunking_equals_one_call_and_the_batch_path(
+    length: int, cuts: list[int], seed: int
+) -> None:
+    item_category = torch.tensor([0, 1] + [2 + i % 5 for i in range(28)])
+    spec = DataSpec(num_items=30, num_categories=7, item_category=item_category)
+    model = _mean_model(spec)
+    history = _history(length, seed)
+    ids, mask = _segments(history, num_segments=5)
+    whole = model.write(model.initial_memory(1), ids, mask)
+    memory = model.initial_memory(1)
+    for begin, end in itertools.pairwise(sorted({0, 5, *cuts})):
+        memory = model.write(memory, ids[:, begin:end], mask[:, begin:end])
+    assert_close(memory, whole)
+    batch, _, _, _ = model.build_memory(_kjt([history], item_category))
+    assert_close(batch, whole)
+
+
+def test_history_mean_scores_read_the_mean(spec: DataSpec) -> None:
+    """The head reads the mean rows: changing only the mean changes the score; the count does not."""
+    model = _mean_model(spec)
+    memory, _, _, _ = model.build_memory(_kjt([_history(9, seed=1)], spec.item_category))
+    candidates = torch.tensor([5, 6, 7])
+    base = model.score(memory.expand(3, -1, -1), candidates)
+    other_mean = memory.clone()
+    other_mean[:, -2] += 1.0
+    assert (model.score(other_mean.expand(3, -1, -1), candidates) - base).abs().min() > 1e-6
+    other_count = memory.clone()
+    other_count[:, -1, 0] += 5.0
+    assert_close(model.score(other_count.expand(3, -1, -1), candidates), base)
+    # Scoring many candidates against shared memories by row equals scoring gathered copies.
+    rows = torch.tensor([0, 0, 0])
+    candidate_x = model.embeddings.lookup(candidates)
+    assert_close(model.reason(memory, candidate_x, rows), model.reason(memory[rows], candidate_x))
+
+
+def test_history_mean_needs_the_match_head_and_equal_widths(spec: DataSpec) -> None:
+    with pytest.raises(ConfigError, match="history_mean needs readout: match"):
+        build_model("cm-paper", spec, {**TINY, "history_mean": True})
+    with pytest.raises(ConfigError, match="item_dim == memory_dim"):
+        build_model("cm", spec, {**MEAN_TINY, "memory_dim": 16})
