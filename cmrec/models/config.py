@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from cmrec.data.batch import DenseTargets
 from cmrec.errors import ConfigError
 from cmrec.heads.reason import READOUTS
+from cmrec.memory.machine import MEAN_ROWS
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class CMConfig:
     @property
     def memory_rows(self) -> int:
         """Rows of one user's stored memory: the K slots, and the two history-mean rows if on."""
-        return self.slots + (2 if self.history_mean else 0)
+        return self.slots + (MEAN_ROWS if self.history_mean else 0)
 
     @property
     def uses_recall(self) -> bool:
