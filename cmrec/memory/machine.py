@@ -56,11 +56,6 @@ class ContinualMemoryMachine(nn.Module):
         # Distinct random slots: identical slots would attend identically and never diverge.
         self.initial = nn.Parameter(torch.randn(slots, memory_dim) * 0.5)
 
-    @property
-    def rows(self) -> int:
-        """Rows of one user's memory: K, or K + 2 with the history mean."""
-        return self.slots + (MEAN_ROWS if self.history_mean else 0)
-
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """(B, rows, d_m) the learned initial memory, for users with no history yet."""
         slots = self.initial.unsqueeze(0).expand(batch_size, -1, -1)
