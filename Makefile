@@ -17,7 +17,7 @@ EPOCHS ?= 3
 SEED ?= 0
 DEMO_DIR ?= data/demo
 DEMO_RUNS ?= runs/demo
-DEMO_MODELS ?= cm cm-paper cm-only-reason dien gru4rec avg-pool
+DEMO_MODELS ?= cm cm-paper cm-recall dien gru4rec avg-pool
 EXPERIMENT ?= demo
 # DIEN runs its extractor and AUGRU once per target (O(L) each), so it gets no dense targets but
 # this many training targets per user: what fits the training wall-clock of `cm` (measured: one

@@ -27,17 +27,18 @@ from cmrec.output import ModelOutput
 
 @dataclass(frozen=True)
 class AvgPoolConfig:
-    """Args: item_dim, mlp (hidden widths); dense_per_segment, dense_last_segments: dense
-    supervision as `CMConfig`'s (targets scored from the mean of every earlier event)."""
+    """Args: item_dim, mlp (hidden widths); dense_per_segment, dense_last_segments, sample_share:
+    dense supervision as `CMConfig`'s (targets scored from the mean of every earlier event)."""
 
     item_dim: int = 64
     mlp: tuple[int, ...] = (200, 80)
     dense_per_segment: int = 0
     dense_last_segments: int = 0
+    sample_share: float = 0.0
 
     def __post_init__(self) -> None:
         check_positive("AvgPoolConfig", item_dim=self.item_dim, mlp=self.mlp)
-        check_dense("AvgPoolConfig", self.dense_per_segment, self.dense_last_segments)
+        check_dense("AvgPoolConfig", self.dense_per_segment, self.dense_last_segments, self.sample_share)
 
 
 class AvgPoolModel(nn.Module):
@@ -65,7 +66,7 @@ class AvgPoolModel(nn.Module):
             sums = prefix_rows(torch.cumsum(x * mask[..., None], dim=1), targets)  # (D, D_x)
             pooled = sums / targets.position[:, None].to(sums.dtype)
             dense = self._logits(pooled, targets.items, targets.categories)
-        loss = batch.target_loss(logits, dense)
+        loss = batch.target_loss(logits, dense, self.config.sample_share)
         return ModelOutput(logits=logits, losses={"ctr": loss}, weights={"ctr": 1.0})
 
     def _logits(

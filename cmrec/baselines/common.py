@@ -76,13 +76,20 @@ def check_positive(owner: str, **values: int | Sequence[int]) -> None:
             raise ConfigError(f"{owner}.{name} must be positive integer(s), got {value!r}")
 
 
-def check_dense(owner: str, per_segment: int, last_segments: int) -> None:
-    """Config validation of the dense-supervision settings (see `DenseTargets`)."""
+def check_dense(owner: str, per_segment: int, last_segments: int, sample_share: float = 0.0) -> None:
+    """Config validation of the dense-supervision settings (see `DenseTargets`, `Batch.target_loss`)."""
     if per_segment < 0 or last_segments < 0 or per_segment > DENSE_SEGMENT:
         raise ConfigError(
             f"{owner}.dense_per_segment must be in [0, {DENSE_SEGMENT}] and dense_last_segments >= 0, "
             f"got {per_segment} and {last_segments}"
         )
+    check_sample_share(owner, sample_share)
+
+
+def check_sample_share(owner: str, sample_share: float) -> None:
+    """`sample_share` (see `Batch.target_loss`) must lie in [0, 1)."""
+    if not 0.0 <= sample_share < 1.0:
+        raise ConfigError(f"{owner}.sample_share must be in [0, 1), got {sample_share}")
 
 
 def prefix_rows(states: torch.Tensor, targets: HistoryTargets) -> torch.Tensor:

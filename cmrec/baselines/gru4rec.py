@@ -21,18 +21,20 @@ from cmrec.output import ModelOutput
 
 @dataclass(frozen=True)
 class GRU4RecConfig:
-    """Args: item_dim, hidden, mlp (hidden widths); dense_per_segment, dense_last_segments: dense
-    supervision as `CMConfig`'s (targets scored from the hidden state after the previous event)."""
+    """Args: item_dim, hidden, mlp (hidden widths); dense_per_segment, dense_last_segments,
+    sample_share: dense supervision as `CMConfig`'s (targets scored from the hidden state after the
+    previous event)."""
 
     item_dim: int = 64
     hidden: int = 64
     mlp: tuple[int, ...] = (200, 80)
     dense_per_segment: int = 0
     dense_last_segments: int = 0
+    sample_share: float = 0.0
 
     def __post_init__(self) -> None:
         check_positive("GRU4RecConfig", item_dim=self.item_dim, hidden=self.hidden, mlp=self.mlp)
-        check_dense("GRU4RecConfig", self.dense_per_segment, self.dense_last_segments)
+        check_dense("GRU4RecConfig", self.dense_per_segment, self.dense_last_segments, self.sample_share)
 
 
 def last_states(states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -74,7 +76,7 @@ class GRU4RecModel(nn.Module):
         targets = batch.history_targets
         if targets is not None and len(targets):  # the hidden state after the event before each click
             dense = self._logits(prefix_rows(states, targets), targets.items, targets.categories)
-        loss = batch.target_loss(logits, dense)
+        loss = batch.target_loss(logits, dense, self.config.sample_share)
         return ModelOutput(logits=logits, losses={"ctr": loss}, weights={"ctr": 1.0})
 
     def _logits(

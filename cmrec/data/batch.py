@@ -112,10 +112,26 @@ class Batch:
     def num_histories(self) -> int:
         return int(self.history.stride())
 
-    def target_loss(self, logits: torch.Tensor, dense_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def target_loss(
+        self, logits: torch.Tensor, dense_logits: torch.Tensor | None = None, sample_share: float = 0.0
+    ) -> torch.Tensor:
         """Binary cross-entropy over the samples (S,) and, with dense supervision, the dense
-        targets (D,): every labelled target counts once."""
+        targets (D,).
+
+        With ``sample_share`` 0 every labelled target counts once, so the samples (the targets at
+        the end of each history, where validation and test targets lie) weigh by their number:
+        2 of 242 pairs per user at L = 500 with 5 dense targets per segment. A share s in (0, 1)
+        gives the samples' mean loss the weight s and the dense targets' mean loss 1 - s.
+        """
         labels = self.labels
+        if dense_logits is not None and sample_share > 0:
+            assert self.history_targets is not None
+            sample_loss = functional.binary_cross_entropy_with_logits(logits, labels)
+            if not len(dense_logits):  # histories too short for a dense target
+                return sample_loss
+            dense_labels = self.history_targets.labels
+            dense_loss = functional.binary_cross_entropy_with_logits(dense_logits, dense_labels)
+            return sample_share * sample_loss + (1.0 - sample_share) * dense_loss
         if dense_logits is not None:
             assert self.history_targets is not None
             logits, labels = (

@@ -19,6 +19,13 @@ clicks, one MLP learns to let "not in the recent slots" veto everything, and the
 interest that only the mean still holds is lost (measured: README, "Quality study"). `logit_parts`
 returns the two addends, so that the model can also train the mean's logit alone
 (``CMConfig.lambda_mean``).
+
+With ``profile_rows`` the memory also holds the interest profile (a histogram of the whole
+history over learned prototypes, `ContinualMemoryMachine`). The head assigns the candidate to the
+prototypes with weights of its own, ``a_C = softmax(W_a e_C)``, and gives the mean's MLP one more
+feature, ``log(bins * a_C · profile)``: how much more of the history falls on the candidate's
+prototypes than on average (0 for a uniform profile), the learned form of "how often did this
+user click this kind of item", whatever long ago.
 """
 
 from __future__ import annotations
@@ -27,12 +34,15 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from cmrec.baselines.common import MLP
 from cmrec.errors import ConfigError
+from cmrec.memory.machine import split_memory
 
 Readout = Literal["linear", "match"]
 READOUTS: tuple[str, ...] = ("linear", "match")
+SLOT_EVIDENCE: tuple[str, ...] = ("signed", "positive")
 
 
 class _Hop(nn.Module):
@@ -74,6 +84,10 @@ class ReasonHead(nn.Module):
         mlp: hidden widths of the "match" read-out's MLP.
         history_mean: the memory ends with the history-mean rows ("match" read-out only; the
             mean is d_m wide and multiplies the candidate, so d_x must equal d_m).
+        profile_rows: P interest-profile rows in the memory (with ``history_mean``; 0: none).
+        slot_evidence: with ``history_mean``, "signed" (the slots' logit is added as it is) or
+            "positive" (``softplus`` of it is added: the slots can only add evidence for a
+            candidate, so a candidate the slots no longer hold is judged by the mean alone).
 
     Example::
 
@@ -90,8 +104,15 @@ class ReasonHead(nn.Module):
         readout: Readout = "linear",
         mlp: tuple[int, ...] = (200, 80),
         history_mean: bool = False,
+        profile_rows: int = 0,
+        slot_evidence: str = "signed",
     ) -> None:
         super().__init__()
+        if profile_rows and not history_mean:
+            raise ConfigError("profile_rows needs history_mean")
+        if slot_evidence not in SLOT_EVIDENCE:
+            raise ConfigError(f"slot_evidence must be one of {SLOT_EVIDENCE}, got {slot_evidence!r}")
+        self.positive_slots = history_mean and slot_evidence == "positive"
         if readout not in READOUTS:
             raise ConfigError(f"readout must be one of {READOUTS}, got {readout!r}")
         if history_mean and (readout != "match" or item_dim != memory_dim):
@@ -108,12 +129,21 @@ class ReasonHead(nn.Module):
         else:
             self.match = nn.Linear(model_dim, memory_dim, bias=False)  # W_m
             self.output = MLP(4 * model_dim + 2, mlp)
-        self.mean_output: nn.Module | None = MLP(3 * memory_dim, mlp) if history_mean else None
+        self.history_mean = history_mean
+        self.profile_rows = profile_rows
+        self.mean_output: nn.Module | None = (
+            MLP(3 * memory_dim + (1 if profile_rows else 0), mlp) if history_mean else None
+        )
+        # W_a: candidate -> its assignment to the profile's P x d_m prototypes.
+        self.assign: nn.Module | None = (
+            nn.Linear(item_dim, profile_rows * memory_dim, bias=False) if profile_rows else None
+        )
 
     def forward(
         self, memory: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """memory: (S, R, d_m) (R = K, or K + 2 with the history mean); candidates: (S, d_x) -> (S,) logits.
+        """memory: (S, R, d_m) (R = K, or K + 2 + P with the history mean and P profile rows);
+        candidates: (S, d_x) -> (S,) logits.
 
         With `rows` (S,), memory is (M, R, d_m) and candidate i is scored against memory
         ``rows[i]``: the same logits as ``forward(memory[rows], candidates)``, cheaper when many
@@ -127,12 +157,16 @@ class ReasonHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`forward`'s two addends: the slots' logit and the history mean's (None without it)."""
         mean_logits: torch.Tensor | None = None
-        if self.mean_output is not None:
-            mean = memory[:, -2]  # (M, d_m) the history mean; memory[:, -1] is its count
+        # memory becomes the slots (M, K, d_m); the mean (M, d_m) and the profile (M, P d_m) or None.
+        memory, mean, profile = split_memory(memory, self.history_mean, self.profile_rows)
+        if self.mean_output is not None and mean is not None:
             mean = mean if rows is None else mean[rows]  # (S, d_m)
-            memory = memory[:, :-2]  # (M, K, d_m) the slots
-            features = torch.cat([mean, candidates, mean * candidates], dim=-1)  # (S, 3 d_m)
-            mean_logits = self.mean_output(features).squeeze(-1)
+            parts = [mean, candidates, mean * candidates]  # (S, 3 d_m)
+            if self.assign is not None and profile is not None:
+                profile = profile if rows is None else profile[rows]  # (S, P d_m)
+                share = (torch.softmax(self.assign(candidates), dim=-1) * profile).sum(dim=-1)  # (S,)
+                parts.append(torch.log(share.clamp(min=1e-6) * profile.shape[-1])[:, None])
+            mean_logits = self.mean_output(torch.cat(parts, dim=-1)).squeeze(-1)
         first = query = self.query_in(candidates)  # (S, d_model) q_0
         for hop in self.hops:
             query = hop(memory, query, rows)
@@ -143,4 +177,7 @@ class ReasonHead(nn.Module):
         scores = (memory @ self.match(first)[:, :, None]).squeeze(-1) * memory.shape[-1] ** -0.5  # (S, K)
         strength = torch.stack([scores.amax(dim=1), torch.logsumexp(scores, dim=1)], dim=-1)  # (S, 2)
         features = torch.cat([first, query, first * query, first - query, strength], dim=-1)
-        return self.output(features).squeeze(-1), mean_logits
+        slot_logits = self.output(features).squeeze(-1)
+        if self.positive_slots:
+            slot_logits = functional.softplus(slot_logits)
+        return slot_logits, mean_logits

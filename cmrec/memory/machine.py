@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cmrec.errors import ConfigError
 from cmrec.memory.encoder import SegmentEncoder
 from cmrec.memory.update import MemoryUpdate
 
@@ -27,12 +28,20 @@ class ContinualMemoryMachine(nn.Module):
     forgets nothing, whatever the slots overwrite; the memory is still of constant size, and
     written in chunks it equals the whole write.
 
+    With ``profile_rows`` P > 0 as well, P rows between the mean and the count hold an *interest
+    profile*: the mean over segments of each segment's mean soft assignment of its items to
+    P x d_m learned prototypes, ``softmax(W_p x)`` (a histogram of the whole history over learned
+    clusters; it sums to 1). It is kept exactly like the mean, so it shares the mean's
+    guarantees; the reason head reads how much of it falls on a candidate's prototypes
+    (`cmrec.heads.reason`). Row layout: K slots, the mean, P profile rows, the count.
+
     Args:
         encoder: the segment encoder.
         update: the memory update module.
         slots: K.
         memory_dim: d_m (the item width, when ``history_mean``).
         history_mean: keep the two history-mean rows.
+        profile_rows: P interest-profile rows (needs ``history_mean``; 0: none).
 
     Example::
 
@@ -47,12 +56,20 @@ class ContinualMemoryMachine(nn.Module):
         slots: int,
         memory_dim: int,
         history_mean: bool = False,
+        profile_rows: int = 0,
     ) -> None:
         super().__init__()
+        if profile_rows and not history_mean:
+            raise ConfigError("profile_rows needs history_mean (the profile rows sit beside the mean)")
         self.encoder = encoder
         self.update = update
         self.slots = slots
         self.history_mean = history_mean
+        self.profile_rows = profile_rows
+        # W_p: item -> logits over the P x d_m prototypes of the interest profile.
+        self.prototypes: nn.Module | None = (
+            nn.Linear(memory_dim, profile_rows * memory_dim, bias=False) if profile_rows else None
+        )
         # Distinct random slots: identical slots would attend identically and never diverge.
         self.initial = nn.Parameter(torch.randn(slots, memory_dim) * 0.5)
 
@@ -61,7 +78,8 @@ class ContinualMemoryMachine(nn.Module):
         slots = self.initial.unsqueeze(0).expand(batch_size, -1, -1)
         if not self.history_mean:
             return slots
-        return torch.cat([slots, slots.new_zeros(batch_size, MEAN_ROWS, slots.shape[-1])], dim=1)
+        extra = MEAN_ROWS + self.profile_rows
+        return torch.cat([slots, slots.new_zeros(batch_size, extra, slots.shape[-1])], dim=1)
 
     def forward(self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Write T segments, oldest first.
@@ -104,7 +122,7 @@ class ContinualMemoryMachine(nn.Module):
         """The T memories after each segment, (B, rows, d_m) each: the one update loop."""
         projected = self.update.project_items(features)  # (B, T, N, d_model)
         live = mask.any(dim=-1)  # (B, T) segments with at least one item
-        means = _segment_means(x, mask) if self.history_mean else x.new_zeros((*x.shape[:2], 0))
+        means = self._segment_values(x, mask)  # (B, T, V, d_m): what the running means take in
         states = []
         # unbind once: indexing [:, t] in the loop would give each step's backward a whole-size gradient.
         steps = zip(
@@ -123,19 +141,44 @@ class ContinualMemoryMachine(nn.Module):
             states.append(memory)
         return states
 
+    def _segment_values(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, V, d_m) per segment: its mean item and (with the profile) its mean prototype
+        assignment as P rows; V = 0 without ``history_mean``."""
+        if not self.history_mean:
+            return x.new_zeros((*x.shape[:2], 0, x.shape[-1]))
+        values = [_segment_means(x, mask)[:, :, None]]  # (B, T, 1, d_x)
+        if self.prototypes is not None:
+            assignment = torch.softmax(self.prototypes(x), dim=-1)  # (B, T, N, P d_m)
+            values.append(_segment_means(assignment, mask).unflatten(-1, (self.profile_rows, x.shape[-1])))
+        return torch.cat(values, dim=2)
+
 
 MEAN_ROWS = 2  # the history mean and its segment count (`ContinualMemoryMachine`, history_mean)
 
 
+def split_memory(
+    memory: torch.Tensor, history_mean: bool, profile_rows: int = 0
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(M, rows, d_m) memories -> the slots (M, K, d_m), the history mean (M, d_m) or None, and
+    the interest profile (M, P d_m) or None: the one place that knows the row layout."""
+    if not history_mean:
+        return memory, None, None
+    extra = MEAN_ROWS + profile_rows
+    slots, mean = memory[:, :-extra], memory[:, -extra]
+    profile = memory[:, -extra + 1 : -1].flatten(1) if profile_rows else None
+    return slots, mean, profile
+
+
 def _segment_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, N, d_x) items and (B, T, N) mask -> (B, T, d_x) each segment's mean item (0 if empty)."""
+    """(B, T, N, F) values and (B, T, N) mask -> (B, T, F) each segment's mean value (0 if empty)."""
     weights = mask.to(x.dtype)[..., None]
     return (x * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1.0)
 
 
-def _add_to_mean(rows: torch.Tensor, segment_mean: torch.Tensor) -> torch.Tensor:
-    """(B, 2, d_m) [mean; count row] and (B, d_m) a new segment's mean -> the two rows after it."""
-    mean, count = rows[:, 0], rows[:, 1, :1] + 1.0  # (B, d_m), (B, 1)
-    mean = mean + (segment_mean - mean) / count
-    count_row = torch.cat([count, torch.zeros_like(mean[:, 1:])], dim=-1)
-    return torch.stack([mean, count_row], dim=1)
+def _add_to_mean(rows: torch.Tensor, segment_values: torch.Tensor) -> torch.Tensor:
+    """(B, V + 1, d_m) [running means; count row] and (B, V, d_m) a new segment's values -> the
+    V + 1 rows after it (every running mean moves by (value - mean) / count)."""
+    means, count = rows[:, :-1], rows[:, -1, :1] + 1.0  # (B, V, d_m), (B, 1)
+    means = means + (segment_values - means) / count[:, :, None]
+    count_row = torch.cat([count, torch.zeros_like(means[:, 0, 1:])], dim=-1)
+    return torch.cat([means, count_row[:, None]], dim=1)

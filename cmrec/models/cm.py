@@ -1,8 +1,8 @@
 """Continual Memory assembled: embeddings -> memory machine G -> reason head R (+ recall model H).
 
 Shape letters: S samples, H histories in the batch, T segments, N items per segment, K slots,
-R memory rows (K, or K + 2 with ``CMConfig.history_mean``), d_x item width, d_m slot width,
-P sampled items.
+R memory rows (K, or K + 2 + ``CMConfig.profile_rows`` with ``CMConfig.history_mean``), d_x item
+width, d_m slot width, P sampled items.
 """
 
 from __future__ import annotations
@@ -68,7 +68,12 @@ class ContinualMemoryModel(nn.Module):
             config.slowest_write_rate,
         )
         self.machine = ContinualMemoryMachine(
-            encoder, update, config.slots, config.memory_dim, history_mean=config.history_mean
+            encoder,
+            update,
+            config.slots,
+            config.memory_dim,
+            history_mean=config.history_mean,
+            profile_rows=config.profile_rows,
         )
         self.reason = ReasonHead(
             config.item_dim,
@@ -77,6 +82,8 @@ class ContinualMemoryModel(nn.Module):
             config.hops,
             readout="match" if config.readout == "match" else "linear",
             history_mean=config.history_mean,
+            profile_rows=config.profile_rows,
+            slot_evidence=config.slot_evidence,
         )
         self.dense_targets = config.dense_targets  # what the training loader must add to batches
         self.recall: HistoryRecall | None = None
@@ -104,7 +111,7 @@ class ContinualMemoryModel(nn.Module):
             self.loss_weights["mean"] = config.lambda_mean
 
     def initial_memory(self, batch_size: int) -> torch.Tensor:
-        """(B, rows, d_m) memory of users without history (rows: K, + 2 with ``history_mean``)."""
+        """(B, rows, d_m) memory of users without history (`CMConfig.memory_rows`)."""
         return self.machine.initial_memory(batch_size)
 
     def write(
@@ -212,10 +219,9 @@ class ContinualMemoryModel(nn.Module):
             losses.update(self.recall(memory, x, ids, mask, sampled_ids, sampled))
         return ModelOutput(logits=logits, losses=losses, weights=dict(self.loss_weights))
 
-    @staticmethod
-    def _target_loss(all_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def _target_loss(self, all_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         dense = all_logits[batch.num_samples :] if batch.history_targets is not None else None
-        return batch.target_loss(all_logits[: batch.num_samples], dense)
+        return batch.target_loss(all_logits[: batch.num_samples], dense, self.config.sample_share)
 
 
 def _given(tensor: torch.Tensor | None) -> torch.Tensor:

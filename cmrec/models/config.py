@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 from cmrec.data.batch import DenseTargets
 from cmrec.errors import ConfigError
-from cmrec.heads.reason import READOUTS
+from cmrec.heads.reason import READOUTS, SLOT_EVIDENCE
 from cmrec.memory.machine import MEAN_ROWS
 
 
@@ -44,6 +44,10 @@ class CMConfig:
         dense_horizon: 1 scores each dense target with the memory just before its segment; h > 1
             with one of the last h memories before it (uniformly), 0 with any earlier memory, so
             that the memory is also trained to hold what matters segments later.
+        sample_share: with dense targets, the share of the reason loss carried by the samples
+            (the target at the end of each history, where validation and test targets lie); the
+            dense targets carry the rest. 0 (the default) lets every labelled target count once,
+            so the samples weigh by their number (see `Batch.target_loss`).
         retention_init: 0 (PyTorch's default initialisation; the paper gives none), or a
             memory update initialised to keep what it holds: W_o = (W^M)^T orthogonal and the
             GRU update gates' bias raised by this value (see `MemoryUpdate`).
@@ -55,6 +59,13 @@ class CMConfig:
             whole history's item embeddings (per segment) and its segment count, read by the
             "match" head beside the slots: the slots still forget, the mean cannot (see
             `ContinualMemoryMachine`). Needs ``readout: match`` and item_dim == memory_dim.
+        profile_rows: with ``history_mean``, P more memory rows holding an interest profile: the
+            exact mean over the history of each segment's soft assignment of its items to P x d_m
+            learned prototypes, read by the history mean's MLP as "how much of the history looks
+            like this candidate" (see `ContinualMemoryMachine`, `cmrec.heads.reason`). 0: none.
+        slot_evidence: with ``history_mean``, how the slots' logit joins the mean's: "signed"
+            (added as it is) or "positive" (its softplus is added: the slots only add evidence
+            for what they hold, so forgetting in the slots never counts against a candidate).
         lambda_mean: with ``history_mean``, the weight of a second reason loss on the history
             mean's logit alone (0: off), so that the mean path is a whole predictor by itself.
         recall_trains_embeddings: whether the recall losses' fragment inputs and contrastive
@@ -86,9 +97,12 @@ class CMConfig:
     dense_per_segment: int = 0
     dense_last_segments: int = 0
     dense_horizon: int = 1
+    sample_share: float = 0.0
     retention_init: float = 0.0
     slowest_write_rate: float = 1.0
     history_mean: bool = False
+    profile_rows: int = 0
+    slot_evidence: str = "signed"
     lambda_mean: float = 0.0
     recall_trains_embeddings: bool = True
 
@@ -122,10 +136,12 @@ class CMConfig:
                 raise ConfigError(f"CMConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.readout not in READOUTS:
             raise ConfigError(f"CMConfig.readout must be one of {READOUTS}, got {self.readout!r}")
-        for name in ("dense_per_segment", "dense_last_segments", "dense_horizon"):
+        for name in ("dense_per_segment", "dense_last_segments", "dense_horizon", "profile_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"CMConfig.{name} must be an integer >= 0, got {value!r}")
+        if not 0.0 <= self.sample_share < 1.0:
+            raise ConfigError(f"CMConfig.sample_share must be in [0, 1), got {self.sample_share}")
         if self.retention_init < 0:
             raise ConfigError(f"CMConfig.retention_init must be >= 0, got {self.retention_init}")
         if not 0.0 < self.slowest_write_rate <= 1.0:
@@ -135,6 +151,12 @@ class CMConfig:
                 "CMConfig.history_mean needs readout: match and item_dim == memory_dim, got "
                 f"readout {self.readout!r}, item_dim {self.item_dim}, memory_dim {self.memory_dim}"
             )
+        if self.slot_evidence not in SLOT_EVIDENCE:
+            raise ConfigError(
+                f"CMConfig.slot_evidence must be one of {SLOT_EVIDENCE}, got {self.slot_evidence!r}"
+            )
+        if self.profile_rows and not self.history_mean:
+            raise ConfigError("CMConfig.profile_rows needs history_mean: true (it sits beside the mean)")
         if self.lambda_reason == 0:
             raise ConfigError("CMConfig.lambda_reason must be > 0: the CTR head is what CM is trained for")
 
@@ -147,8 +169,8 @@ class CMConfig:
 
     @property
     def memory_rows(self) -> int:
-        """Rows of one user's stored memory: the K slots, and the two history-mean rows if on."""
-        return self.slots + (MEAN_ROWS if self.history_mean else 0)
+        """Rows of one user's stored memory: the K slots, and the history-mean and profile rows if on."""
+        return self.slots + (MEAN_ROWS + self.profile_rows if self.history_mean else 0)
 
     @property
     def uses_recall(self) -> bool:

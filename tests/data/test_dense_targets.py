@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cmrec.data.batch import Collator, DenseSupervision, DenseTargets, make_loader
 from cmrec.data.dataset import SplitConfig, build_from_events
@@ -11,6 +12,7 @@ from cmrec.data.events import validate_events
 from cmrec.data.samples import Histories, NegativeSampler, Samples
 from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.errors import ConfigError
+from cmrec.models import DataSpec, build_model
 
 
 def _store() -> tuple[Histories, Samples]:
@@ -154,3 +156,30 @@ def test_bad_requests_are_refused() -> None:
         DenseTargets(segment_len=20, horizon=-1)
     assert DenseTargets.request(20, 0, 0) is None
     assert DenseTargets.request(20, 25, 3) == DenseTargets(20, 0, 3)  # more than N: every click
+
+
+def test_sample_share_weighs_the_samples_and_the_dense_targets_as_asked() -> None:
+    histories, samples = _store()
+    batch = Collator(histories, samples, max_len=8, dense=_supervision(DenseTargets(segment_len=3)))(
+        [0, 1, 2, 3]
+    )
+    assert batch.history_targets is not None
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(batch.num_samples, generator=generator)
+    dense = torch.randn(len(batch.history_targets), generator=generator)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    on_samples, on_dense = bce(logits, batch.labels), bce(dense, batch.history_targets.labels)
+    pooled = bce(torch.cat([logits, dense]), torch.cat([batch.labels, batch.history_targets.labels]))
+    assert torch.isclose(batch.target_loss(logits, dense), pooled)  # 0: every target counts once
+    share = batch.target_loss(logits, dense, sample_share=0.25)
+    assert torch.isclose(share, 0.25 * on_samples + 0.75 * on_dense)
+    assert not torch.isclose(share, pooled)
+    # Without dense targets in the batch the samples carry the whole loss.
+    assert torch.isclose(batch.target_loss(logits, dense[:0], sample_share=0.25), on_samples)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0])
+def test_a_sample_share_outside_0_1_is_refused(share: float) -> None:
+    for name in ("cm", "avg-pool", "gru4rec"):
+        with pytest.raises(ConfigError, match="sample_share must be in"):
+            build_model(name, DataSpec(num_items=20), {"sample_share": share})

@@ -187,9 +187,9 @@ def test_empty_history_keeps_the_initial_memory(spec: DataSpec) -> None:
 MEAN_TINY = {**TINY, "history_mean": True}
 
 
-def _mean_model(spec: DataSpec, seed: int = 0) -> ContinualMemoryModel:
+def _mean_model(spec: DataSpec, seed: int = 0, profile_rows: int = 0) -> ContinualMemoryModel:
     torch.manual_seed(seed)
-    model = build_model("cm", spec, MEAN_TINY)
+    model = build_model("cm", spec, {**MEAN_TINY, "profile_rows": profile_rows})
     assert isinstance(model, ContinualMemoryModel)
     return model.eval()
 
@@ -214,14 +214,15 @@ def test_history_mean_rows_hold_the_mean_of_segment_means_and_the_slots_are_unch
         assert torch.count_nonzero(row[-1, 1:]) == 0
 
 
+@pytest.mark.parametrize("profile_rows", [0, 2])
 @settings(max_examples=10, deadline=None)
 @given(length=st.integers(0, 20), cuts=st.lists(st.integers(0, 5), max_size=4), seed=st.integers(0, 1000))
 def test_history_mean_write_in_any_chunking_equals_one_call_and_the_batch_path(
-    length: int, cuts: list[int], seed: int
+    profile_rows: int, length: int, cuts: list[int], seed: int
 ) -> None:
     item_category = torch.tensor([0, 1] + [2 + i % 5 for i in range(28)])
     spec = DataSpec(num_items=30, num_categories=7, item_category=item_category)
-    model = _mean_model(spec)
+    model = _mean_model(spec, profile_rows=profile_rows)
     history = _history(length, seed)
     ids, mask = _segments(history, num_segments=5)
     whole = model.write(model.initial_memory(1), ids, mask)
@@ -256,3 +257,85 @@ def test_history_mean_needs_the_match_head_and_equal_widths(spec: DataSpec) -> N
         build_model("cm-paper", spec, {**TINY, "history_mean": True})
     with pytest.raises(ConfigError, match="item_dim == memory_dim"):
         build_model("cm", spec, {**MEAN_TINY, "memory_dim": 16})
+
+
+# ---- profile_rows: an interest profile (a histogram over learned prototypes) beside the mean ----
+
+PROFILE = 2  # profile rows in these tests
+
+
+def test_profile_rows_hold_the_mean_of_segment_assignments_between_mean_and_count(spec: DataSpec) -> None:
+    model = _mean_model(spec, profile_rows=PROFILE)
+    plain = _mean_model(spec)
+    own = ("reason.", "machine.prototypes")
+    shared = {k: v for k, v in model.state_dict().items() if not k.startswith(own)}
+    plain.load_state_dict(shared, strict=False)  # the same tables, encoder, update and initial slots
+    lengths = [9, 4, 0, 12, 1]
+    histories = [_history(n, seed) for seed, n in enumerate(lengths)]
+    memory, _, _, _ = model.build_memory(_kjt(histories, spec.item_category))
+    k, d = TINY["slots"], TINY["memory_dim"]
+    assert memory.shape == (5, k + 2 + PROFILE, d)
+    assert model.config.memory_rows == k + 2 + PROFILE
+    prototypes = model.machine.prototypes
+    assert prototypes is not None
+    for row, history in zip(memory, histories, strict=True):
+        x = model.embeddings.lookup(history)
+        assignment = torch.softmax(prototypes(x), dim=-1)  # (n, P d)
+        starts = range(0, len(history), N)
+        expected = (
+            torch.stack([assignment[s : s + N].mean(dim=0) for s in starts]).mean(dim=0)
+            if len(history)
+            else torch.zeros(PROFILE * d)
+        )
+        profile = row[k + 1 : k + 1 + PROFILE].flatten()
+        assert_close(profile, expected, rtol=1e-5, atol=1e-6)
+        assert profile.sum().item() == pytest.approx(1.0 if len(history) else 0.0, abs=1e-5)
+        segment_means = [x[s : s + N].mean(dim=0) for s in starts]
+        mean = torch.stack(segment_means).mean(dim=0) if segment_means else torch.zeros(d)
+        assert_close(row[k], mean, rtol=1e-5, atol=1e-6)
+        assert row[-1, 0].item() == len(segment_means)
+    # The slots do not depend on the profile: the same as a model without it.
+    without, _, _, _ = plain.build_memory(_kjt(histories, spec.item_category))
+    assert_close(memory[:, :k], without[:, :k])
+
+
+def test_the_head_reads_the_profile_share_of_the_candidate(spec: DataSpec) -> None:
+    model = _mean_model(spec, profile_rows=PROFILE)
+    memory, _, _, _ = model.build_memory(_kjt([_history(9, seed=1)], spec.item_category))
+    candidates = torch.tensor([5, 6, 7])
+    base = model.score(memory.expand(3, -1, -1), candidates)
+    k = TINY["slots"]
+    other = memory.clone()
+    other[:, k + 1 : k + 1 + PROFILE] = other[:, k + 1 : k + 1 + PROFILE].flip(-1)  # same total, moved
+    assert (model.score(other.expand(3, -1, -1), candidates) - base).abs().min() > 1e-6
+    other_count = memory.clone()
+    other_count[:, -1, 0] += 5.0
+    assert_close(model.score(other_count.expand(3, -1, -1), candidates), base)
+    rows = torch.tensor([0, 0, 0])
+    candidate_x = model.embeddings.lookup(candidates)
+    assert_close(model.reason(memory, candidate_x, rows), model.reason(memory[rows], candidate_x))
+
+
+def test_profile_rows_need_the_history_mean(spec: DataSpec) -> None:
+    with pytest.raises(ConfigError, match="profile_rows needs history_mean"):
+        build_model("cm", spec, {**TINY, "history_mean": False, "profile_rows": 2})
+    with pytest.raises(ConfigError, match="profile_rows must be an integer >= 0"):
+        build_model("cm", spec, {**MEAN_TINY, "profile_rows": -1})
+
+
+def test_positive_slot_evidence_adds_the_softplus_of_the_slots_logit(spec: DataSpec) -> None:
+    signed = _mean_model(spec)
+    torch.manual_seed(0)
+    positive = build_model("cm", spec, {**MEAN_TINY, "profile_rows": 0, "slot_evidence": "positive"}).eval()
+    positive.load_state_dict(signed.state_dict())  # the same parameters: only the read-out differs
+    memory, _, _, _ = signed.build_memory(_kjt([_history(9, seed=s) for s in range(4)], spec.item_category))
+    candidates = signed.embeddings.lookup(torch.tensor([5, 6, 7, 8]))
+    raw, mean = signed.reason.logit_parts(memory, candidates)
+    slots, same_mean = positive.reason.logit_parts(memory, candidates)
+    assert mean is not None and same_mean is not None
+    assert_close(same_mean, mean)
+    assert_close(slots, torch.nn.functional.softplus(raw))
+    assert (slots > 0).all()
+    assert_close(positive.reason(memory, candidates), slots + mean)
+    with pytest.raises(ConfigError, match="slot_evidence must be one of"):
+        build_model("cm", spec, {**MEAN_TINY, "slot_evidence": "unsigned"})

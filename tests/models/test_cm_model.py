@@ -30,16 +30,23 @@ def _batch(data, size: int = 16):  # type: ignore[no-untyped-def]
 
 
 def test_presets_are_registered_with_the_papers_ablations() -> None:
-    names = {"cm", "cm-paper", "cm-only-reason", "cm-only-item", "cm-only-seq", "cm-single-head"}
+    names = {"cm", "cm-paper", "cm-recall", "cm-only-reason", "cm-only-item", "cm-only-seq", "cm-single-head"}
     assert names <= set(model_names())
     assert model_config("cm-paper") == CMConfig()  # the paper's recipe: the config's defaults
     product = model_config("cm")
     assert product.readout == "match" and product.dense_targets is not None
+    assert product.history_mean and product.profile_rows == 2
+    assert not product.uses_recall  # the recall losses lost on validation AUC (README, "Quality study")
     assert CMConfig().readout == "linear" and CMConfig().dense_targets is None
-    # The ablations remove one part of the product preset and keep the rest.
-    only_reason = model_config("cm-only-reason")
-    assert (only_reason.lambda_item, only_reason.lambda_seq) == (0, 0)
-    assert only_reason.readout == product.readout and only_reason.dense_targets == product.dense_targets
+    # cm-recall adds the recall losses to the product preset and keeps the rest; the paper's
+    # Table 1 ablations are taken from it (only the reason loss: cm itself).
+    recall = model_config("cm-recall")
+    assert (recall.lambda_item, recall.lambda_seq, recall.recall_trains_embeddings) == (0.1, 0.05, False)
+    assert recall.readout == product.readout and recall.dense_targets == product.dense_targets
+    assert recall.profile_rows == product.profile_rows
+    assert model_config("cm-only-reason") == product
+    assert (model_config("cm-only-item").lambda_item, model_config("cm-only-item").lambda_seq) == (0.1, 0)
+    assert (model_config("cm-only-seq").lambda_item, model_config("cm-only-seq").lambda_seq) == (0, 0.05)
     assert model_config("cm-single-head").subspaces == 1
     paper = CMConfig()
     assert (paper.item_dim, paper.memory_dim, paper.model_dim, paper.slots, paper.segment_len) == (
@@ -173,12 +180,13 @@ def test_batch_without_categories_is_refused_by_a_model_with_them(small_data, sp
 
 
 def test_cm_learns_on_generated_data(small_data) -> None:  # type: ignore[no-untyped-def]
-    """3 epochs of tiny CM: test AUC above 0.62 (chance is 0.5; the whole-history category heuristic
-    scores 0.75 on this data), and both recall losses fall."""
+    """3 epochs of tiny CM with the recall losses (`cm-recall`): test AUC above 0.62 (chance is
+    0.5; the whole-history category heuristic scores 0.75 on this data), and both recall losses
+    fall."""
     torch.manual_seed(0)
     config = {**TINY, "item_dim": 16, "memory_dim": 16, "model_dim": 16, "slots": 4, "segment_len": 10}
     config.update({"ffn_dim": 32, "sampled_items": 30})
-    model = build_model("cm", DataSpec.from_vocabs(small_data.vocabs), config)
+    model = build_model("cm-recall", DataSpec.from_vocabs(small_data.vocabs), config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     history = []
     for epoch in range(3):
