@@ -22,10 +22,11 @@ returns the two addends, so that the model can also train the mean's logit alone
 
 With ``profile_rows`` the memory also holds the interest profile (a histogram of the whole
 history over learned prototypes, `ContinualMemoryMachine`). The head assigns the candidate to the
-prototypes with weights of its own, ``a_C = softmax(W_a e_C)``, and gives the mean's MLP one more
-feature, ``log(bins * a_C · profile)``: how much more of the history falls on the candidate's
-prototypes than on average (0 for a uniform profile), the learned form of "how often did this
-user click this kind of item", whatever long ago.
+same prototypes, ``a_C = a(e_C)`` (the machine's `Prototypes`, shared), and gives the mean's MLP
+one more feature, ``log(bins * a_C · profile)``: how much more of the history falls on the
+candidate's prototypes than on average (0 for a uniform profile). ``a_C · profile`` is the mean of
+the kernel ``a(e_C) · a(x)`` over the history's items: the learned form of
+"how often did this user click this kind of item", whatever long ago.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch.nn import functional
 from cmrec.baselines.common import MLP
 from cmrec.errors import ConfigError
 from cmrec.memory.machine import split_memory
+from cmrec.memory.profile import Prototypes
 
 Readout = Literal["linear", "match"]
 READOUTS: tuple[str, ...] = ("linear", "match")
@@ -85,6 +87,9 @@ class ReasonHead(nn.Module):
         history_mean: the memory ends with the history-mean rows ("match" read-out only; the
             mean is d_m wide and multiplies the candidate, so d_x must equal d_m).
         profile_rows: P interest-profile rows in the memory (with ``history_mean``; 0: none).
+        prototypes: the machine's `Prototypes` (item -> its assignment to the P x d_m
+            prototypes), shared so that the candidate is assigned to the prototypes the profile
+            counts; a new one when None.
         slot_evidence: with ``history_mean``, "signed" (the slots' logit is added as it is) or
             "positive" (``softplus`` of it is added: the slots can only add evidence for a
             candidate, so a candidate the slots no longer hold is judged by the mean alone).
@@ -106,6 +111,7 @@ class ReasonHead(nn.Module):
         history_mean: bool = False,
         profile_rows: int = 0,
         slot_evidence: str = "signed",
+        prototypes: Prototypes | None = None,
     ) -> None:
         super().__init__()
         if profile_rows and not history_mean:
@@ -134,10 +140,10 @@ class ReasonHead(nn.Module):
         self.mean_output: nn.Module | None = (
             MLP(3 * memory_dim + (1 if profile_rows else 0), mlp) if history_mean else None
         )
-        # W_a: candidate -> its assignment to the profile's P x d_m prototypes.
-        self.assign: nn.Module | None = (
-            nn.Linear(item_dim, profile_rows * memory_dim, bias=False) if profile_rows else None
-        )
+        # candidate -> its assignment to the profile's P x d_m prototypes.
+        if profile_rows and prototypes is None:
+            prototypes = Prototypes(item_dim, profile_rows * memory_dim)
+        self.assign: Prototypes | None = prototypes if profile_rows else None
 
     def forward(
         self, memory: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor | None = None
@@ -164,7 +170,7 @@ class ReasonHead(nn.Module):
             parts = [mean, candidates, mean * candidates]  # (S, 3 d_m)
             if self.assign is not None and profile is not None:
                 profile = profile if rows is None else profile[rows]  # (S, P d_m)
-                share = (torch.softmax(self.assign(candidates), dim=-1) * profile).sum(dim=-1)  # (S,)
+                share = (self.assign(candidates) * profile).sum(dim=-1)  # (S,)
                 parts.append(torch.log(share.clamp(min=1e-6) * profile.shape[-1])[:, None])
             mean_logits = self.mean_output(torch.cat(parts, dim=-1)).squeeze(-1)
         first = query = self.query_in(candidates)  # (S, d_model) q_0

@@ -10,6 +10,7 @@ from torch import nn
 
 from cmrec.errors import ConfigError
 from cmrec.memory.encoder import SegmentEncoder
+from cmrec.memory.profile import Prototypes
 from cmrec.memory.update import MemoryUpdate
 
 
@@ -30,9 +31,9 @@ class ContinualMemoryMachine(nn.Module):
 
     With ``profile_rows`` P > 0 as well, P rows between the mean and the count hold an *interest
     profile*: the mean over segments of each segment's mean soft assignment of its items to
-    P x d_m learned prototypes, ``softmax(W_p x)`` (a histogram of the whole history over learned
-    clusters; it sums to 1). It is kept exactly like the mean, so it shares the mean's
-    guarantees; the reason head reads how much of it falls on a candidate's prototypes
+    P x d_m learned prototypes, ``a(x)`` (`Prototypes`, a softmax of cosine logits): a histogram
+    of the whole history over learned clusters, summing to 1. It is kept exactly like the mean,
+    so it shares the mean's guarantees; the reason head reads how much of it falls on a candidate's prototypes
     (`cmrec.heads.reason`). Row layout: K slots, the mean, P profile rows, the count.
 
     Args:
@@ -66,9 +67,9 @@ class ContinualMemoryMachine(nn.Module):
         self.slots = slots
         self.history_mean = history_mean
         self.profile_rows = profile_rows
-        # W_p: item -> logits over the P x d_m prototypes of the interest profile.
-        self.prototypes: nn.Module | None = (
-            nn.Linear(memory_dim, profile_rows * memory_dim, bias=False) if profile_rows else None
+        # item -> its soft assignment to the P x d_m prototypes of the interest profile.
+        self.prototypes: Prototypes | None = (
+            Prototypes(memory_dim, profile_rows * memory_dim) if profile_rows else None
         )
         # Distinct random slots: identical slots would attend identically and never diverge.
         self.initial = nn.Parameter(torch.randn(slots, memory_dim) * 0.5)
@@ -148,7 +149,7 @@ class ContinualMemoryMachine(nn.Module):
             return x.new_zeros((*x.shape[:2], 0, x.shape[-1]))
         values = [_segment_means(x, mask)[:, :, None]]  # (B, T, 1, d_x)
         if self.prototypes is not None:
-            assignment = torch.softmax(self.prototypes(x), dim=-1)  # (B, T, N, P d_m)
+            assignment = self.prototypes(x)  # (B, T, N, P d_m)
             values.append(_segment_means(assignment, mask).unflatten(-1, (self.profile_rows, x.shape[-1])))
         return torch.cat(values, dim=2)
 

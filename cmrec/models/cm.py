@@ -84,6 +84,7 @@ class ContinualMemoryModel(nn.Module):
             history_mean=config.history_mean,
             profile_rows=config.profile_rows,
             slot_evidence=config.slot_evidence,
+            prototypes=self.machine.prototypes,  # one W_p: the profile's and the candidate's
         )
         self.dense_targets = config.dense_targets  # what the training loader must add to batches
         self.recall: HistoryRecall | None = None

@@ -14,6 +14,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from cmrec.errors import ConfigError
 from cmrec.memory.machine import ContinualMemoryMachine
+from cmrec.memory.profile import Prototypes
 from cmrec.memory.update import MemoryUpdate
 from cmrec.models.cm import ContinualMemoryModel
 from cmrec.models.registry import DataSpec, build_model
@@ -280,7 +281,7 @@ def test_profile_rows_hold_the_mean_of_segment_assignments_between_mean_and_coun
     assert prototypes is not None
     for row, history in zip(memory, histories, strict=True):
         x = model.embeddings.lookup(history)
-        assignment = torch.softmax(prototypes(x), dim=-1)  # (n, P d)
+        assignment = prototypes(x)  # (n, P d)
         starts = range(0, len(history), N)
         expected = (
             torch.stack([assignment[s : s + N].mean(dim=0) for s in starts]).mean(dim=0)
@@ -304,10 +305,18 @@ def test_the_head_reads_the_profile_share_of_the_candidate(spec: DataSpec) -> No
     memory, _, _, _ = model.build_memory(_kjt([_history(9, seed=1)], spec.item_category))
     candidates = torch.tensor([5, 6, 7])
     base = model.score(memory.expand(3, -1, -1), candidates)
-    k = TINY["slots"]
-    other = memory.clone()
-    other[:, k + 1 : k + 1 + PROFILE] = other[:, k + 1 : k + 1 + PROFILE].flip(-1)  # same total, moved
-    assert (model.score(other.expand(3, -1, -1), candidates) - base).abs().min() > 1e-6
+    k, d = TINY["slots"], TINY["memory_dim"]
+    # The candidate is assigned with the profile's own prototypes (one W_p, shared).
+    assert model.reason.assign is model.machine.prototypes
+    assert model.machine.prototypes is not None
+    assignment = model.machine.prototypes(model.embeddings.lookup(candidates))
+    on_own, on_other = assignment[0].argmax(), assignment[0].argmin()  # candidate 5's likeliest bin
+    profiles = []
+    for bin_ in (on_own, on_other):  # all of the history on one bin: the same total, moved
+        other = memory.clone()
+        other[:, k + 1 : k + 1 + PROFILE] = torch.nn.functional.one_hot(bin_, PROFILE * d).view(PROFILE, d)
+        profiles.append(model.score(other[:1], candidates[:1]))
+    assert (profiles[0] - profiles[1]).abs().item() > 1e-4
     other_count = memory.clone()
     other_count[:, -1, 0] += 5.0
     assert_close(model.score(other_count.expand(3, -1, -1), candidates), base)
@@ -339,3 +348,16 @@ def test_positive_slot_evidence_adds_the_softplus_of_the_slots_logit(spec: DataS
     assert_close(positive.reason(memory, candidates), slots + mean)
     with pytest.raises(ConfigError, match="slot_evidence must be one of"):
         build_model("cm", spec, {**MEAN_TINY, "slot_evidence": "unsigned"})
+
+
+def test_prototype_assignments_sum_to_one_and_ignore_the_embedding_scale() -> None:
+    torch.manual_seed(0)
+    prototypes = Prototypes(dim=8, count=16)
+    x = torch.randn(5, 3, 8) * 1e-3  # as small as freshly initialised item tables
+    assignment = prototypes(x)
+    assert assignment.shape == (5, 3, 16)
+    assert_close(assignment.sum(dim=-1), torch.ones(5, 3))
+    assert_close(prototypes(x * 1e4), assignment)  # cosine logits: the scale of x does not matter
+    assert assignment.max(dim=-1).values.min() > 2.0 / 16  # sharp from the start, not uniform
+    # The item nearest a prototype direction puts the most weight on that prototype.
+    assert prototypes(prototypes.directions.detach()[3]).argmax().item() == 3
