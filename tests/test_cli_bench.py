@@ -10,12 +10,12 @@ from cmrec import cli
 
 def test_bench_writes_step_time_parts_and_flops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench" / "cm.json"
-    argv = ["bench", "--model", "cm", "dien", "--length", "40", "--batch-size", "8", "--steps", "1"]
+    argv = ["bench", "--model", "cm-recall", "dien", "--length", "40", "--batch-size", "8", "--steps", "1"]
     assert cli.main([*argv, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["length"] == 40 and result["batch_size"] == 8 and result["matmul_gflops_per_second"] > 0
     cm, dien = result["runs"]
-    assert (cm["model"], dien["model"]) == ("cm", "dien")
+    assert (cm["model"], dien["model"]) == ("cm-recall", "dien")  # cm with the recall model: every part
     for run in (cm, dien):
         assert run["step_seconds"] > 0 and run["samples_per_second"] > 0 and run["train_flops_per_sample"] > 0
     assert set(cm["parts"]) == {"embeddings", "encoder", "memory_update", "reason_head", "recall"}
@@ -48,7 +48,7 @@ def test_bench_serving_measures_latency_refresh_and_store(tmp_path: Path) -> Non
     store = result["store"]
     assert (
         store["float32"]["memory_bytes_per_user"]
-        == (20 + 2) * 64 * 4  # the `cm` preset: K slots and the two history-mean rows
+        == (20 + 2 + 2) * 64 * 4  # the `cm` preset: K slots, the two history-mean and two profile rows
         == 2 * store["float16"]["memory_bytes_per_user"]
     )
     assert store["float16"]["file_bytes_per_user"] < store["float32"]["file_bytes_per_user"] < 2 * 5632

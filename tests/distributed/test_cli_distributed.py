@@ -40,7 +40,8 @@ TARGETS = 8
 
 
 def _train(root: Path, out: str, *extra: str) -> int:
-    argv = ["train", "--model", "cm", "--events", str(root / "data" / "events.parquet")]
+    # cm-recall: the recall losses' gradients cross the processes too.
+    argv = ["train", "--model", "cm-recall", "--events", str(root / "data" / "events.parquet")]
     argv += ["--max-len", str(MAX_LEN), "--train-targets-per-user", str(TARGETS), "--batch-size", "64"]
     argv += ["--lr", "1e-2", "--embedding-lr", "0.05", "--patience", "3", "--config", str(root / "cm.yaml")]
     return cli.main([*argv, "--out", str(root / out), *extra])

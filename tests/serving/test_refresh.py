@@ -182,8 +182,8 @@ def test_float16_store_halves_memory_bytes_and_scores_closely(
     assert cli.main([*base, "--store", str(tmp_path / "fp16"), "--dtype", "float16"]) == 0
     with sqlite3.connect(tmp_path / "fp16" / "part-00000-of-00001.sqlite") as db:
         assert {len(row[0]) for row in db.execute("SELECT memory FROM users")} == {
-            (3 + 2) * 8 * 2
-        }  # K slots and the history-mean rows
+            (3 + 2 + 2) * 8 * 2
+        }  # K slots, the history-mean rows and the two profile rows of the `cm` preset
     ids = sorted(log["user_id"].astype(str).unique())
     items = np.full(len(ids), log["item_id"].iloc[0])
     full = Scorer.open(run_dir, tmp_path / "fp32").score(ids, items).probabilities
