@@ -244,11 +244,18 @@ def test_history_mean_scores_read_the_mean(spec: DataSpec) -> None:
     other_mean = memory.clone()
     other_mean[:, -2] += 1.0
     assert (model.score(other_mean.expand(3, -1, -1), candidates) - base).abs().min() > 1e-6
+    _count_is_ignored_and_rows_gather(model, memory, candidates, base)
+
+
+def _count_is_ignored_and_rows_gather(
+    model: ContinualMemoryModel, memory: torch.Tensor, candidates: torch.Tensor, base: torch.Tensor
+) -> None:
+    """The segment count does not change a score, and scoring many candidates against shared
+    memories by row equals scoring gathered copies."""
     other_count = memory.clone()
     other_count[:, -1, 0] += 5.0
-    assert_close(model.score(other_count.expand(3, -1, -1), candidates), base)
-    # Scoring many candidates against shared memories by row equals scoring gathered copies.
-    rows = torch.tensor([0, 0, 0])
+    assert_close(model.score(other_count.expand(len(candidates), -1, -1), candidates), base)
+    rows = torch.zeros(len(candidates), dtype=torch.long)
     candidate_x = model.embeddings.lookup(candidates)
     assert_close(model.reason(memory, candidate_x, rows), model.reason(memory[rows], candidate_x))
 
@@ -317,12 +324,7 @@ def test_the_head_reads_the_profile_share_of_the_candidate(spec: DataSpec) -> No
         other[:, k + 1 : k + 1 + PROFILE] = torch.nn.functional.one_hot(bin_, PROFILE * d).view(PROFILE, d)
         profiles.append(model.score(other[:1], candidates[:1]))
     assert (profiles[0] - profiles[1]).abs().item() > 1e-4
-    other_count = memory.clone()
-    other_count[:, -1, 0] += 5.0
-    assert_close(model.score(other_count.expand(3, -1, -1), candidates), base)
-    rows = torch.tensor([0, 0, 0])
-    candidate_x = model.embeddings.lookup(candidates)
-    assert_close(model.reason(memory, candidate_x, rows), model.reason(memory[rows], candidate_x))
+    _count_is_ignored_and_rows_gather(model, memory, candidates, base)
 
 
 def test_profile_rows_need_the_history_mean(spec: DataSpec) -> None:
