@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import mlflow
@@ -64,6 +65,11 @@ def test_an_existing_run_is_replaced_only_whole_and_only_when_asked(
 ) -> None:
     run = tmp_path / "run"
     assert cli.main(_train(run)) == 0
+    # The kills are timed as shares of how long one (warm) run takes on this machine: fixed
+    # delays missed every run once the run took under a second.
+    started = time.perf_counter()
+    assert cli.main(_train(tmp_path / "timed")) == 0
+    duration = time.perf_counter() - started
     old = _hashes(run)
     assert cli.main(_train(run, "--seed", "7")) == 2
     assert "already holds a cmrec run folder; pass --overwrite" in capsys.readouterr().err
@@ -73,7 +79,7 @@ def test_an_existing_run_is_replaced_only_whole_and_only_when_asked(
     cli.build_parser()
     rng = np.random.default_rng(0)
     finished, kills = None, 0
-    for delay in rng.uniform(0.05, 1.5, size=6):
+    for delay in rng.uniform(0.05, 0.7, size=6) * duration:
         child = FORK.Process(target=_train_child, args=(_train(run, "--seed", "7", "--overwrite"),))
         child.start()
         child.join(float(delay))
