@@ -123,22 +123,17 @@ class Batch:
         2 of 242 pairs per user at L = 500 with 5 dense targets per segment. A share s in (0, 1)
         gives the samples' mean loss the weight s and the dense targets' mean loss 1 - s.
         """
-        labels = self.labels
-        if dense_logits is not None and sample_share > 0:
-            assert self.history_targets is not None
-            sample_loss = functional.binary_cross_entropy_with_logits(logits, labels)
-            if not len(dense_logits):  # histories too short for a dense target
-                return sample_loss
-            dense_labels = self.history_targets.labels
-            dense_loss = functional.binary_cross_entropy_with_logits(dense_logits, dense_labels)
-            return sample_share * sample_loss + (1.0 - sample_share) * dense_loss
-        if dense_logits is not None:
-            assert self.history_targets is not None
-            logits, labels = (
-                torch.cat([logits, dense_logits]),
-                torch.cat([labels, self.history_targets.labels]),
-            )
-        return functional.binary_cross_entropy_with_logits(logits, labels)
+        bce = functional.binary_cross_entropy_with_logits
+        if dense_logits is None:
+            return bce(logits, self.labels)
+        assert self.history_targets is not None
+        dense_labels = self.history_targets.labels
+        if sample_share == 0:
+            return bce(torch.cat([logits, dense_logits]), torch.cat([self.labels, dense_labels]))
+        sample_loss = bce(logits, self.labels)
+        if not len(dense_logits):  # histories too short for a dense target
+            return sample_loss
+        return sample_share * sample_loss + (1.0 - sample_share) * bce(dense_logits, dense_labels)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:

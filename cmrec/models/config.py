@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from cmrec.baselines.common import check_sample_share
 from cmrec.data.batch import DenseTargets
 from cmrec.errors import ConfigError
 from cmrec.heads.reason import READOUTS, SLOT_EVIDENCE
@@ -140,8 +141,7 @@ class CMConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"CMConfig.{name} must be an integer >= 0, got {value!r}")
-        if not 0.0 <= self.sample_share < 1.0:
-            raise ConfigError(f"CMConfig.sample_share must be in [0, 1), got {self.sample_share}")
+        check_sample_share("CMConfig", self.sample_share)
         if self.retention_init < 0:
             raise ConfigError(f"CMConfig.retention_init must be >= 0, got {self.retention_init}")
         if not 0.0 < self.slowest_write_rate <= 1.0:
