@@ -1,12 +1,17 @@
-"""The Model contract: every model returns logits and its loss terms, separately."""
+"""The Model contract: every model returns logits and its loss terms, separately, and declares
+what its training batches and its serving state need (`ModelNeeds`), so that no job guesses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 from torch.utils import _pytree
+
+if TYPE_CHECKING:
+    from cmrec.data.batch import DenseTargets
 
 
 @dataclass
@@ -46,3 +51,36 @@ def _unflatten(children: Any, weights: Any) -> ModelOutput:
 _pytree.register_pytree_node(
     ModelOutput, _flatten, _unflatten, serialized_type_name="cmrec.output.ModelOutput"
 )
+
+
+@dataclass(frozen=True)
+class ModelNeeds:
+    """What a model declares about itself; every registered model has one as ``model.needs``.
+
+    Args:
+        history_negatives: its batches must carry one sampled negative per history event (DIEN's
+            auxiliary loss).
+        dense_targets: the dense supervision its training loader adds (`DenseTargets`), or None.
+        memory_shape: (rows, d_m) of the per-user memory it serves from (Continual Memory); None for
+            an end-to-end model, which must keep each user's history.
+    """
+
+    history_negatives: bool = False
+    dense_targets: DenseTargets | None = None
+    memory_shape: tuple[int, int] | None = None
+
+    def serving_bytes_per_user(self, max_len: int, has_categories: bool) -> int:
+        """What serving stores per user: the float32 memory, or the history's int32 ids."""
+        if self.memory_shape is not None:
+            rows, dim = self.memory_shape
+            return rows * dim * 4
+        return max_len * (2 if has_categories else 1) * 4
+
+
+class RecModel(nn.Module):
+    """The base of every registered model: ``forward(batch) -> ModelOutput`` and ``needs``.
+
+    Subclasses set ``self.needs`` in ``__init__``; the jobs read it instead of probing the model.
+    """
+
+    needs: ModelNeeds

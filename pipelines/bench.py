@@ -26,20 +26,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cmrec.atomic import write_json
 from cmrec.data import (
-    HistoryNegatives,
     SplitConfig,
     build_from_events,
-    make_loader,
     validate_events,
 )
-from cmrec.data.batch import Batch, DenseSupervision
+from cmrec.data.batch import Batch
 from cmrec.data.dataset import ClickLogData
-from cmrec.data.samples import NegativeSampler
 from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.errors import ConfigError
 from cmrec.models import ContinualMemoryModel, DataSpec, build_model, model_names
 from cmrec.output import ModelOutput
-from pipelines.bench_serving import add_serving_arguments, print_serving, run_serving
+from cmrec.pipelines._common import run_command
+from cmrec.pipelines.bench_serving import add_serving_arguments, print_serving, run_serving
+from cmrec.train import Batches
 
 DESCRIPTION = "Benchmark a model's training step (and CM's parts) on generated data; write JSON."
 
@@ -99,17 +98,7 @@ def run(args: argparse.Namespace) -> int:
 def _bench_model(name: str, data: ClickLogData, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     model = build_model(name, DataSpec.from_vocabs(data.vocabs)).train()
-    negatives = None
-    if getattr(model, "needs_history_negatives", False):  # a capability the model declares
-        negatives = HistoryNegatives(len(data.vocabs.items), data.vocabs.item_category, args.seed)
-    dense = None
-    request = getattr(model, "dense_targets", None)  # dense supervision, as the model's config asks
-    if request is not None:
-        sampler = NegativeSampler(len(data.vocabs.items))
-        dense = DenseSupervision(request, sampler, data.vocabs.item_category, args.seed)
-    loader = make_loader(
-        data.histories, data.train, args.batch_size, args.length, negatives=negatives, dense=dense
-    )
+    loader = Batches(data, model.needs, args.batch_size, args.seed).loader("train")  # what the model needs
     batches = list(loader)[: args.steps + 1]
     targets = sum(b.num_samples + len(b.history_targets or ()) for b in batches[1:]) / args.steps
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -230,9 +219,7 @@ def _print(result: dict[str, Any], common: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cmrec.cli import run_pipeline
-
-    return run_pipeline("bench", argv)
+    return run_command(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

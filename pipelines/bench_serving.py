@@ -16,7 +16,7 @@ import json
 import platform
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def _bench_length(
     length: int,
     events: pd.DataFrame,
     served: ServedModel,
-    baselines: dict[str, torch.nn.Module],
+    baselines: Mapping[str, torch.nn.Module],
     candidates: np.ndarray,
     args: argparse.Namespace,
     scratch: Path,

@@ -18,6 +18,7 @@ import pandas as pd
 
 from cmrec.errors import CmrecError
 from cmrec.eval.forgetting import BUCKETS
+from cmrec.pipelines._common import run_command
 from cmrec.tracking import DEFAULT_EXPERIMENT, runs_table, tracking_uri
 
 DESCRIPTION = "Compare tracked runs: AUC, GAUC, logloss, speed, memory per user, mean ± std over seeds."
@@ -120,9 +121,7 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cmrec.cli import run_pipeline
-
-    return run_pipeline("compare", argv)
+    return run_command(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 from cmrec.errors import CmrecError
+from cmrec.pipelines._common import run_command
 from cmrec.train.checkpoint import CHECKPOINT
-from pipelines._trainers import DISTRIBUTED_DIR, convert_distributed
+from cmrec.train.distributed import DISTRIBUTED_DIR, convert_distributed
 
 DESCRIPTION = "Turn a distributed (multi-process) checkpoint into a single-process run folder."
 
@@ -51,9 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cmrec.cli import run_pipeline
-
-    return run_pipeline("convert", argv)
+    return run_command(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

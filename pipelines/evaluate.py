@@ -17,19 +17,18 @@ from typing import Any
 import numpy as np
 
 from cmrec.atomic import write_json
-from cmrec.data.batch import HistoryNegatives, make_loader
 from cmrec.data.dataset import ClickLogData
 from cmrec.data.events import read_events
 from cmrec.data.samples import concat_ranges
 from cmrec.data.schema import USER
 from cmrec.errors import CmrecError
-from cmrec.eval.forgetting import bucket_aucs, evidence_buckets
 from cmrec.eval.metrics import ctr_metrics
+from cmrec.pipelines._common import run_command
+from cmrec.pipelines._data import add_data_arguments, load_data
 from cmrec.serving import Refresher, Scorer, ServedModel, UserEvents
 from cmrec.store import MEMORY_DTYPES, MemoryStore
+from cmrec.train import evaluate_split
 from cmrec.train.checkpoint import CHECKPOINT, load_checkpoint
-from cmrec.train.loop import predict
-from pipelines._data import add_data_arguments, load_data
 
 DESCRIPTION = "Evaluate a saved run on an event log or an XLong test file; print and write JSON."
 
@@ -62,27 +61,18 @@ def run(args: argparse.Namespace) -> int:
             f"{source}: no user has a test target, so there is nothing to evaluate (each user needs "
             "enough events for a history and the held-out validation and test clicks)"
         )
-    negatives = None
-    if getattr(model, "needs_history_negatives", False):
-        negatives = HistoryNegatives(len(vocabs.items), vocabs.item_category)
-    loader = make_loader(data.histories, data.test, args.batch_size, data.max_len, negatives=negatives)
-    predictions = predict(model, loader, desc="evaluate")
-    metrics = ctr_metrics(predictions.labels, predictions.scores, predictions.users)
-    buckets = bucket_aucs(
-        evidence_buckets(data.histories, data.test, data.max_len),
-        predictions.labels,
-        predictions.scores,
-    )
+    evaluation = evaluate_split(model, data, "test", args.batch_size)
+    metrics = evaluation.metrics
     result: dict[str, Any] = {
         "model": payload["model"],
         "run": str(args.run),
         "data": source,
         "samples": len(data.test),
         "test": metrics,
-        "forgetting": buckets,
+        "forgetting": evaluation.forgetting,
     }
     if args.via_store:
-        result["via_store"] = _via_store(args, data, predictions.scores)
+        result["via_store"] = _via_store(args, data, evaluation.predictions.scores)
     out = args.out or args.run / f"evaluation-{source}.json"
     write_json(out, result)
     print(
@@ -123,9 +113,7 @@ def _via_store(args: argparse.Namespace, data: ClickLogData, batch_scores: np.nd
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cmrec.cli import run_pipeline
-
-    return run_pipeline("evaluate", argv)
+    return run_command(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cmrec.pipelines._common import run_command
 from cmrec.store import MemoryStore
 
 DESCRIPTION = "Delete users' stored memories from a store."
@@ -29,9 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cmrec.cli import run_pipeline
-
-    return run_pipeline("forget", argv)
+    return run_command(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from cmrec.data.events import validate_events
 from cmrec.data.movielens import load_movielens_1m
 from cmrec.data.synthetic import SyntheticConfig, SyntheticLog, generate, xlong_rows
 from cmrec.eval.heuristics import RECENT_WINDOW, frequency_auc
+from cmrec.pipelines._common import run_command
 from cmrec.progress import progress
 
 DATASETS = ("xlong-synthetic", "movielens-1m")
@@ -158,9 +159,7 @@ def _print_summary(summary: dict[str, Any], seconds: float, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cmrec.cli import run_pipeline
-
-    return run_pipeline("generate", argv)
+    return run_command(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import torch
 from cmrec.atomic import swap_in
 from cmrec.data.events import read_events
 from cmrec.errors import CmrecError
+from cmrec.pipelines._common import run_command, torchrun_world
 from cmrec.serving.events import UserEvents
 from cmrec.serving.model import ServedModel
 from cmrec.serving.refresh import Refresher, RefreshStats
@@ -44,7 +45,6 @@ from cmrec.store import (
     store_lock,
     writer_locks,
 )
-from pipelines._common import torchrun_world
 
 DESCRIPTION = "Apply new click events to the per-user memories of a store (incremental, idempotent)."
 
@@ -232,9 +232,7 @@ def _swap(new: Path, store: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cmrec.cli import run_pipeline
-
-    return run_pipeline("refresh", argv)
+    return run_command(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

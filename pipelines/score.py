@@ -21,6 +21,7 @@ from cmrec.atomic import write_file
 from cmrec.data.events import CSV_SUFFIXES, PARQUET_SUFFIXES
 from cmrec.data.schema import CATEGORY, ITEM, USER
 from cmrec.errors import CmrecError, DataValidationError
+from cmrec.pipelines._common import run_command
 from cmrec.progress import progress
 from cmrec.serving.scorer import Scorer
 
@@ -117,9 +118,7 @@ def _write_atomic(frame: pd.DataFrame, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cmrec.cli import run_pipeline
-
-    return run_pipeline("score", argv)
+    return run_command(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

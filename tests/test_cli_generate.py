@@ -10,7 +10,7 @@ import pytest
 
 from cmrec import cli
 from cmrec.data.xlong import build_from_xlong
-from pipelines import generate
+from cmrec.pipelines import generate
 
 TINY = ["--users", "30", "--length", "40", "--items", "300", "--categories", "12"]
 

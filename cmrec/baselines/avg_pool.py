@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from cmrec.baselines.common import (
     DENSE_SEGMENT,
@@ -22,7 +21,7 @@ from cmrec.baselines.common import (
 )
 from cmrec.data.batch import Batch, DenseTargets
 from cmrec.embeddings.tables import ItemEmbeddings
-from cmrec.output import ModelOutput
+from cmrec.output import ModelNeeds, ModelOutput, RecModel
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class AvgPoolConfig:
         check_dense("AvgPoolConfig", self.dense_per_segment, self.dense_last_segments, self.sample_share)
 
 
-class AvgPoolModel(nn.Module):
+class AvgPoolModel(RecModel):
     """Mean-pooled history + candidate -> MLP -> CTR logit; loss ``ctr`` (binary cross-entropy)."""
 
     def __init__(self, config: AvgPoolConfig, embeddings: ItemEmbeddings) -> None:
@@ -49,8 +48,10 @@ class AvgPoolModel(nn.Module):
         self.config = config
         self.embeddings = embeddings
         self.mlp = MLP(3 * config.item_dim, config.mlp)
-        self.dense_targets = DenseTargets.request(
-            DENSE_SEGMENT, config.dense_per_segment, config.dense_last_segments
+        self.needs = ModelNeeds(
+            dense_targets=DenseTargets.request(
+                DENSE_SEGMENT, config.dense_per_segment, config.dense_last_segments
+            )
         )
 
     def forward(self, batch: Batch) -> ModelOutput:

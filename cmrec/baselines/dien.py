@@ -37,7 +37,7 @@ from cmrec.baselines.common import MLP, check_positive, masked_mean, pad_histori
 from cmrec.data.batch import Batch
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
-from cmrec.output import ModelOutput
+from cmrec.output import ModelNeeds, ModelOutput, RecModel
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class DIENConfig:
             raise ConfigError(f"DIENConfig.aux_weight must be >= 0, got {self.aux_weight}")
 
 
-class DIENModel(nn.Module):
+class DIENModel(RecModel):
     """DIEN for CTR; losses ``ctr`` and, with a positive ``aux_weight`` in training mode, ``aux``."""
 
     def __init__(self, config: DIENConfig, embeddings: ItemEmbeddings) -> None:
@@ -82,7 +82,7 @@ class DIENModel(nn.Module):
         self.auxiliary: MLP | None = None
         if config.aux_weight > 0:
             self.auxiliary = MLP(hidden + config.item_dim, config.aux_mlp, activation="sigmoid")
-        self.needs_history_negatives = self.auxiliary is not None
+        self.needs = ModelNeeds(history_negatives=self.auxiliary is not None)
 
     def forward(self, batch: Batch) -> ModelOutput:
         values, lengths = self.embeddings(batch.history)

@@ -16,7 +16,7 @@ from torch import nn
 from cmrec.baselines.common import DENSE_SEGMENT, MLP, check_dense, check_positive, pad_histories, prefix_rows
 from cmrec.data.batch import Batch, DenseTargets
 from cmrec.embeddings.tables import ItemEmbeddings
-from cmrec.output import ModelOutput
+from cmrec.output import ModelNeeds, ModelOutput, RecModel
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def last_states(states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return torch.where((lengths > 0)[:, None], final, torch.zeros_like(final))
 
 
-class GRU4RecModel(nn.Module):
+class GRU4RecModel(RecModel):
     """GRU4REC for CTR; loss ``ctr`` (binary cross-entropy)."""
 
     def __init__(self, config: GRU4RecConfig, embeddings: ItemEmbeddings) -> None:
@@ -62,8 +62,10 @@ class GRU4RecModel(nn.Module):
         self.target_proj: nn.Module = (
             nn.Linear(config.item_dim, config.hidden) if config.hidden != config.item_dim else nn.Identity()
         )
-        self.dense_targets = DenseTargets.request(
-            DENSE_SEGMENT, config.dense_per_segment, config.dense_last_segments
+        self.needs = ModelNeeds(
+            dense_targets=DenseTargets.request(
+                DENSE_SEGMENT, config.dense_per_segment, config.dense_last_segments
+            )
         )
 
     def forward(self, batch: Batch) -> ModelOutput:

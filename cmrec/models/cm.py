@@ -8,7 +8,6 @@ width, d_m slot width, P sampled items.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from cmrec.data.batch import ITEM_KEY, Batch
@@ -21,11 +20,11 @@ from cmrec.memory.machine import ContinualMemoryMachine
 from cmrec.memory.segments import segment_jagged
 from cmrec.memory.update import MemoryUpdate
 from cmrec.models.config import CMConfig
-from cmrec.output import ModelOutput
+from cmrec.output import ModelNeeds, ModelOutput, RecModel
 from cmrec.recall.model import HistoryRecall
 
 
-class ContinualMemoryModel(nn.Module):
+class ContinualMemoryModel(RecModel):
     """CM for CTR prediction: ``L_cm = λ1·L_item + λ2·L_seq + λ3·L_r``.
 
     The training forward, incremental refresh (`write`) and scoring (`score`) share one memory
@@ -86,7 +85,9 @@ class ContinualMemoryModel(nn.Module):
             slot_evidence=config.slot_evidence,
             prototypes=self.machine.prototypes,  # one W_p: the profile's and the candidate's
         )
-        self.dense_targets = config.dense_targets  # what the training loader must add to batches
+        self.needs = ModelNeeds(
+            dense_targets=config.dense_targets, memory_shape=(config.memory_rows, config.memory_dim)
+        )
         self.recall: HistoryRecall | None = None
         if config.uses_recall:
             self.recall = HistoryRecall(

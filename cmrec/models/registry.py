@@ -10,7 +10,6 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
-from torch import nn
 
 from cmrec.baselines.avg_pool import AvgPoolConfig, AvgPoolModel
 from cmrec.baselines.dien import DIENConfig, DIENModel
@@ -20,6 +19,7 @@ from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
 from cmrec.models.cm import ContinualMemoryModel
 from cmrec.models.config import CMConfig
+from cmrec.output import RecModel
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class ModelEntry:
 
     config_type: type
     preset: Mapping[str, Any]
-    builder: Callable[[Any, DataSpec], nn.Module]
+    builder: Callable[[Any, DataSpec], RecModel]
     summary: str
 
 
@@ -55,19 +55,19 @@ def _embeddings(spec: DataSpec, dim: int) -> ItemEmbeddings:
     return ItemEmbeddings(spec.num_items, dim, spec.num_categories, spec.item_category)
 
 
-def _build_cm(config: CMConfig, spec: DataSpec) -> nn.Module:
+def _build_cm(config: CMConfig, spec: DataSpec) -> RecModel:
     return ContinualMemoryModel(config, _embeddings(spec, config.item_dim))
 
 
-def _build_dien(config: DIENConfig, spec: DataSpec) -> nn.Module:
+def _build_dien(config: DIENConfig, spec: DataSpec) -> RecModel:
     return DIENModel(config, _embeddings(spec, config.item_dim))
 
 
-def _build_gru4rec(config: GRU4RecConfig, spec: DataSpec) -> nn.Module:
+def _build_gru4rec(config: GRU4RecConfig, spec: DataSpec) -> RecModel:
     return GRU4RecModel(config, _embeddings(spec, config.item_dim))
 
 
-def _build_avg_pool(config: AvgPoolConfig, spec: DataSpec) -> nn.Module:
+def _build_avg_pool(config: AvgPoolConfig, spec: DataSpec) -> RecModel:
     return AvgPoolModel(config, _embeddings(spec, config.item_dim))
 
 
@@ -162,7 +162,7 @@ def _typed(model: str, key: str, value: Any, default: Any) -> Any:
     )
 
 
-def build_model(name: str, spec: DataSpec, overrides: Mapping[str, Any] | None = None) -> nn.Module:
+def build_model(name: str, spec: DataSpec, overrides: Mapping[str, Any] | None = None) -> RecModel:
     """Build model `name` for data described by `spec`."""
     return _entry(name).builder(model_config(name, overrides), spec)
 

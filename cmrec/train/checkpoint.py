@@ -14,6 +14,7 @@ from cmrec.atomic import write_file
 from cmrec.data.dataset import Vocabularies
 from cmrec.errors import CmrecError
 from cmrec.models.registry import DataSpec, build_model, model_config
+from cmrec.output import RecModel
 
 FORMAT = 1
 CHECKPOINT = "checkpoint.pt"
@@ -43,7 +44,7 @@ def write_payload(path: Path, payload: dict[str, Any]) -> None:
     write_file(path, lambda scratch: torch.save(payload, scratch))  # never a half-written checkpoint
 
 
-def load_checkpoint(path: Path) -> tuple[nn.Module, Vocabularies, dict[str, Any]]:
+def load_checkpoint(path: Path) -> tuple[RecModel, Vocabularies, dict[str, Any]]:
     """Rebuild the model of a run; returns (model in eval mode, vocabularies, the payload)."""
     if not path.is_file():
         raise CmrecError(f"{path}: no checkpoint (is this a run folder written by `cmrec train`?)")
@@ -63,7 +64,7 @@ def read_payload(path: Path) -> dict[str, Any]:
 
 def model_from_payload(
     payload: dict[str, Any], source: Path
-) -> tuple[nn.Module, Vocabularies, dict[str, Any]]:
+) -> tuple[RecModel, Vocabularies, dict[str, Any]]:
     """The model (eval mode) and vocabularies of a checkpoint payload; `source` names it in errors."""
     vocabs = Vocabularies.from_dict(payload["vocabs"])
     defaults = model_config(payload["model"])

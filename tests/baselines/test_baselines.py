@@ -81,7 +81,7 @@ def test_dien_aux_loss_off_cleanly(data: ClickLogData) -> None:
     spec = DataSpec.from_vocabs(data.vocabs)
     model = build_model("dien", spec, {**SMALL["dien"], "aux_weight": 0.0})
     assert not [n for n, _ in model.named_parameters() if n.startswith("auxiliary")]
-    assert model.needs_history_negatives is False
+    assert model.needs.history_negatives is False
     plain = make_loader(data.histories, data.train, 16, data.max_len)  # no negatives sampled
     out = model(next(iter(plain)))
     assert set(out.losses) == {"ctr"} and out.weights == {"ctr": 1.0}

@@ -38,7 +38,7 @@ def data() -> ClickLogData:
 
 def _dense_batch(data: ClickLogData, model: torch.nn.Module) -> Batch:
     sampler = NegativeSampler(len(data.vocabs.items))
-    dense = DenseSupervision(model.dense_targets, sampler, data.vocabs.item_category, seed=3)
+    dense = DenseSupervision(model.needs.dense_targets, sampler, data.vocabs.item_category, seed=3)
     return next(iter(make_loader(data.histories, data.train, 16, data.max_len, dense=dense)))
 
 

@@ -64,7 +64,7 @@ def _train(name: str, overrides: dict[str, Any], data: ClickLogData, epochs: int
     """Test AUC overall ("all") and per evidence-age bucket after `epochs` epochs."""
     torch.manual_seed(0)
     model = build_model(name, DataSpec.from_vocabs(data.vocabs), overrides)
-    request = model.dense_targets
+    request = model.needs.dense_targets
     sampler = NegativeSampler(len(data.vocabs.items))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for epoch in range(epochs):
