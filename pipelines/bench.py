@@ -157,15 +157,10 @@ def _timed(fn: Callable[[], torch.Tensor], repeats: int = 2) -> tuple[float, int
 
 def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, float]]:
     """Each part's forward + backward, measured alone on this batch's tensors."""
-    from cmrec.memory.segments import segment_jagged
-
-    config = model.config
-    values, lengths = model.embeddings(batch.history)
-    x, mask = segment_jagged(values.detach(), lengths, config.segment_len)
-    ids, _ = segment_jagged(batch.history["item"].values(), lengths, config.segment_len)
-    x = x.requires_grad_()
+    x, ids, mask = model.segments(batch.history)
+    x = x.detach().requires_grad_()
     features = model.machine.encoder(x, mask).detach().requires_grad_()
-    initial = model.initial_memory(lengths.numel())
+    initial = model.initial_memory(x.shape[0])
     states = model.machine.trajectory(initial, x, mask).detach().requires_grad_()  # (H, T, K, d_m)
     memory = model.machine.slots_of(states[:, -1])
 
@@ -180,7 +175,7 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
     }
     if model.recall is not None:
         recall = model.recall
-        sampled_ids = torch.randint(2, model.embeddings.num_items, (config.sampled_items,))
+        sampled_ids = torch.randint(2, model.embeddings.num_items, (model.config.sampled_items,))
         sampled = model.embeddings.lookup(sampled_ids).detach()
 
         def recall_losses() -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Reading and validating click-event logs (Parquet or CSV).
 
 `read_events` is the one entry point for event files: it checks the schema of `cmrec.data.schema`,
-normalises the column types, and returns the events sorted (stably) by user and time. Every problem is
+normalises the column types, and returns the events sorted (stably) by user and time; `read_requests`
+reads the (user, item) tables that scoring answers. Both read through `read_table`. Every problem is
 a `DataValidationError` whose message names the file, the column and the (1-based) data row.
 """
 
@@ -37,6 +38,18 @@ def read_events(path: str | Path, require_time_order: bool = False) -> pd.DataFr
         DataValidationError: the file is missing, empty, unreadable or breaks the schema.
     """
     path = Path(path)
+    frame, header_lines = read_table(path, "an event log")
+    return validate_events(
+        frame, source=str(path), header_lines=header_lines, require_time_order=require_time_order
+    )
+
+
+def read_table(path: Path, what: str) -> tuple[pd.DataFrame, int]:
+    """A Parquet or CSV/TSV table as written (CSV ids as strings: "007" and "7" are two ids), and
+    the lines before its first data row (1 for CSV), for messages that give file lines.
+
+    `what` names the table in errors ("an event log"): missing, empty, unsupported or unreadable.
+    """
     if not path.is_file():
         raise DataValidationError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -48,20 +61,37 @@ def read_events(path: str | Path, require_time_order: bool = False) -> pd.DataFr
             frame = pd.read_parquet(path)
         elif is_csv:
             sep = "\t" if ".tsv" in name else ","
-            # Ids as written: "007" and "7" are two users; `_normalise_ids` makes a column integral
-            # only when every id is written as a plain integer.
+            # Ids as written: `_normalise_ids` makes an event column integral only when every id is
+            # written as a plain integer.
             frame = pd.read_csv(path, sep=sep, dtype={column: str for column in ID_COLUMNS})
         else:
             raise DataValidationError(
-                f"{path}: unsupported file type; event logs are .parquet or .csv/.tsv files"
+                f"{path}: unsupported file type; {what} is a .parquet or .csv/.tsv file"
             )
     except DataValidationError:
         raise
     except Exception as exc:  # pyarrow and the CSV parser raise many types; name the file.
-        raise DataValidationError(f"{path}: cannot be read as an event log: {exc}") from exc
-    return validate_events(
-        frame, source=str(path), header_lines=1 if is_csv else 0, require_time_order=require_time_order
-    )
+        raise DataValidationError(f"{path}: cannot be read as {what}: {exc}") from exc
+    return frame, 1 if is_csv else 0
+
+
+def read_requests(path: str | Path) -> pd.DataFrame:
+    """A scoring request table: ``user_id`` and ``item_id`` (``category_id`` optional; any other
+    column is kept), in file order. Errors name the file, the column and the row."""
+    path = Path(path)
+    frame, header = read_table(path, "a request table")
+    missing = [c for c in (USER, ITEM) if c not in frame.columns]
+    if missing:
+        found = ", ".join(repr(str(c)) for c in frame.columns)
+        raise DataValidationError(f"{path}: missing required column(s) {missing}; found: {found}")
+    if len(frame) == 0:
+        raise DataValidationError(f"{path}: no requests")
+    for column in (USER, ITEM, CATEGORY):
+        if column in frame.columns and frame[column].isna().any():
+            row = int(np.argmax(frame[column].isna().to_numpy())) + 1
+            line = f" (line {row + header})" if header else ""
+            raise DataValidationError(f"{path}: column {column!r}, row {row}{line}: missing value")
+    return frame.reset_index(drop=True)
 
 
 def validate_events(

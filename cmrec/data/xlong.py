@@ -10,7 +10,7 @@ Each line yields two samples that share one stored history: (history, pos_item, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +18,7 @@ import numpy as np
 
 from cmrec.data.dataset import ClickLogData, Vocabularies
 from cmrec.data.samples import Histories, Samples, paired_samples
-from cmrec.data.schema import OOV_INDEX
-from cmrec.data.vocab import NUM_RESERVED, Vocab
+from cmrec.data.vocab import Vocab
 from cmrec.errors import ConfigError, DataValidationError
 
 MIN_FIELDS = 5
@@ -137,20 +136,15 @@ def build_from_xlong(
         users = Vocab.fit(_ordered(line.uid for line in train.lines), name="user")
         items = Vocab.fit(_ordered(_train_items(train.lines)), name="item")
         vocabs = Vocabularies(users=users, items=items)
-    encode_item = _encoder(vocabs.items)
-    encode_user = _encoder(vocabs.users)
-
     all_lines = train.lines + test.lines
     lengths = np.fromiter((len(line.history) for line in all_lines), dtype=np.int64, count=len(all_lines))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    item_ids = np.fromiter(
-        (encode_item(h) for line in all_lines for h in line.history), dtype=np.int32, count=int(offsets[-1])
-    )
+    item_ids = vocabs.items.encode([h for line in all_lines for h in line.history]).astype(np.int32)
     histories = Histories(
         items=item_ids,
         categories=None,
         offsets=offsets,
-        users=np.fromiter((encode_user(line.uid) for line in all_lines), np.int64, len(all_lines)),
+        users=vocabs.users.encode([line.uid for line in all_lines]),
     )
 
     def samples_of(first: int, stop: int) -> Samples:
@@ -158,8 +152,8 @@ def build_from_xlong(
         return paired_samples(
             sequence=np.arange(first, stop, dtype=np.int64),
             prefix_len=lengths[first:stop],
-            positives=np.fromiter((encode_item(x.pos_item) for x in chosen), np.int64, len(chosen)),
-            negatives=np.fromiter((encode_item(x.neg_item) for x in chosen), np.int64, len(chosen)),
+            positives=vocabs.items.encode([x.pos_item for x in chosen]),
+            negatives=vocabs.items.encode([x.neg_item for x in chosen]),
             positive_categories=None,
             item_category=None,
         )
@@ -193,8 +187,3 @@ def _train_items(lines: list[XLongLine]) -> Iterator[str]:
         yield from line.history
         yield line.pos_item
         yield line.neg_item
-
-
-def _encoder(vocab: Vocab) -> Callable[[str], int]:
-    lookup = {raw: i + NUM_RESERVED for i, raw in enumerate(vocab.ids)}
-    return lambda raw: lookup.get(raw, OOV_INDEX)

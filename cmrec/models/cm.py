@@ -166,11 +166,16 @@ class ContinualMemoryModel(RecModel):
         self, history: KeyedJaggedTensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """`build_memory` with the memory after every segment: states (H, T, R, d_m), x, ids, mask."""
+        x, ids, mask = self.segments(history)
+        states = self.machine.trajectory(self.initial_memory(x.shape[0]), x, mask)
+        return states, x, ids, mask
+
+    def segments(self, history: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embedded histories cut into N-click segments: x (H, T, N, d_x), ids (H, T, N), mask (H, T, N)."""
         values, lengths = self.embeddings(history)  # (E, d_x), (H,)
         x, mask = segment_jagged(values, lengths, self.config.segment_len)
         ids, _ = segment_jagged(history[ITEM_KEY].values(), lengths, self.config.segment_len)
-        states = self.machine.trajectory(self.initial_memory(lengths.numel()), x, mask)
-        return states, x, ids, mask
+        return x, ids, mask
 
     def reason_logits(self, states: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Logits of the batch's samples, then of its dense targets (if any).

@@ -16,8 +16,7 @@ from cmrec.data.dataset import Vocabularies
 from cmrec.errors import CmrecError
 from cmrec.memory.segments import segment_jagged
 from cmrec.models.cm import ContinualMemoryModel
-from cmrec.store.sqlite import StoreInfo
-from cmrec.store.state import MemoryDtype
+from cmrec.store.state import MemoryDtype, StoreInfo
 from cmrec.train.checkpoint import CHECKPOINT, load_checkpoint
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -22,7 +21,6 @@ import torch
 from cmrec.data.schema import OOV_INDEX
 from cmrec.errors import ConfigError
 from cmrec.serving.model import ServedModel
-from cmrec.store.folder import MemoryStore
 from cmrec.store.protocol import MemoryStoreProtocol
 from cmrec.store.state import UserState
 
@@ -45,12 +43,14 @@ class Scorer:
 
     Args:
         served: the loaded CM run.
-        store: the memory store refreshed with this run (its fingerprint is checked when opened).
+        store: any `MemoryStoreProtocol` backend refreshed with this run (`cmrec.store.open_store`
+            opens a store folder and checks its fingerprint).
         pending: "write" (default) or "ignore", see the module docstring.
 
     Example::
 
-        scorer = Scorer.open(Path("runs/cm"), Path("memories"))
+        served = ServedModel.load(Path("runs/cm"))
+        scorer = Scorer(served, open_store(Path("memories"), served.store_info))
         scorer.score(["u1", "u1", "u2"], ["i9", "i4", "i9"]).probabilities   # (3,) float32
     """
 
@@ -63,14 +63,6 @@ class Scorer:
         self.model = served.model.eval()
         self.store = store
         self.pending = pending
-
-    @classmethod
-    def open(cls, run_dir: Path, store_dir: Path, pending: PendingPolicy = "write") -> Scorer:
-        served = ServedModel.load(run_dir)
-        existing = MemoryStore(store_dir)  # learn the store's dtype and partition count
-        info = served.store_info(existing.info.dtype, existing.partitions)
-        existing.close()
-        return cls(served, MemoryStore(store_dir, info), pending)
 
     @torch.no_grad()
     def memories(self, user_ids: Sequence[str]) -> tuple[torch.Tensor, np.ndarray]:

@@ -10,21 +10,16 @@ from __future__ import annotations
 import fcntl
 import re
 import sys
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from cmrec.store.sqlite import SqlitePartition, StoreInfo
-from cmrec.store.state import StoreError, UserState
+from cmrec.store.routing import partition_of
+from cmrec.store.sqlite import SqlitePartition
+from cmrec.store.state import MemoryDtype, StoreError, StoreInfo, UserState
 
 _PART = re.compile(r"^part-(\d{5})-of-(\d{5})\.sqlite$")
-
-
-def partition_of(user_id: str, partitions: int) -> int:
-    """The partition of a user: CRC-32 of the id's UTF-8 bytes modulo P (stable across machines)."""
-    return zlib.crc32(user_id.encode("utf-8")) % partitions
 
 
 def partition_path(root: Path, index: int, partitions: int) -> Path:
@@ -245,3 +240,12 @@ class MemoryStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_store(root: Path, expected: Callable[[MemoryDtype, int], StoreInfo]) -> MemoryStore:
+    """Open an existing store for reading with the layout it has (memory dtype and partitions),
+    checked against what a model expects: ``expected(dtype, partitions)``, e.g. a served model's
+    `store_info` (a store refreshed by another run is refused by its fingerprint)."""
+    with MemoryStore(root) as existing:  # learn the store's dtype and partition count
+        dtype, partitions = existing.info.dtype, existing.partitions
+    return MemoryStore(root, expected(dtype, partitions))

@@ -16,14 +16,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from cmrec.store.state import (
-    MEMORY_DTYPES,
-    MemoryDtype,
     StoreError,
+    StoreInfo,
     UserState,
     checksum,
     decode_memory,
@@ -57,37 +56,6 @@ _COLUMNS = (
     "user_id, memory, pending, pending_count, watermark_time, watermark_items, events, fingerprint, "
     "updated_at, checksum"
 )
-
-
-@dataclass(frozen=True)
-class StoreInfo:
-    """What every partition records about the memories it holds.
-
-    Args:
-        fingerprint: hash of the model weights, config and vocabularies (`model_fingerprint`).
-        model: registered model name, for messages.
-        slots, memory_dim: rows and width of one memory: the K slots (and 2 more rows with
-            CMConfig.history_mean) and d_m.
-        segment_len: N.
-        has_categories: whether pending clicks carry category indices.
-        dtype: precision of the stored memories.
-        partitions: how many partitions the store has.
-    """
-
-    fingerprint: str
-    model: str
-    slots: int
-    memory_dim: int
-    segment_len: int
-    has_categories: bool
-    dtype: MemoryDtype = "float32"
-    partitions: int = 1
-
-    def __post_init__(self) -> None:
-        if self.dtype not in MEMORY_DTYPES:
-            raise StoreError(f"memory dtype must be one of {', '.join(MEMORY_DTYPES)}, got {self.dtype!r}")
-        if self.partitions < 1:
-            raise StoreError(f"partitions must be >= 1, got {self.partitions}")
 
 
 def _meta_rows(info: StoreInfo, index: int) -> list[tuple[str, str]]:

@@ -106,3 +106,34 @@ def decode_watermark_items(text: str) -> tuple[str, ...]:
     if not isinstance(values, list):
         raise ValueError("watermark items are not a list")
     return tuple(str(v) for v in values)
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What every partition records about the memories it holds.
+
+    Args:
+        fingerprint: hash of the model weights, config and vocabularies (`model_fingerprint`).
+        model: registered model name, for messages.
+        slots, memory_dim: rows and width of one memory: the K slots (and 2 more rows with
+            CMConfig.history_mean) and d_m.
+        segment_len: N.
+        has_categories: whether pending clicks carry category indices.
+        dtype: precision of the stored memories.
+        partitions: how many partitions the store has.
+    """
+
+    fingerprint: str
+    model: str
+    slots: int
+    memory_dim: int
+    segment_len: int
+    has_categories: bool
+    dtype: MemoryDtype = "float32"
+    partitions: int = 1
+
+    def __post_init__(self) -> None:
+        if self.dtype not in MEMORY_DTYPES:
+            raise StoreError(f"memory dtype must be one of {', '.join(MEMORY_DTYPES)}, got {self.dtype!r}")
+        if self.partitions < 1:
+            raise StoreError(f"partitions must be >= 1, got {self.partitions}")

@@ -14,6 +14,8 @@ import torch
 from cmrec.data import SplitConfig, build_from_events, validate_events
 from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.models.registry import DataSpec, build_model, model_config
+from cmrec.serving import Scorer, ServedModel
+from cmrec.store import open_store
 from cmrec.train.checkpoint import CHECKPOINT, save_checkpoint
 from tests.models.conftest import TINY
 
@@ -88,3 +90,9 @@ def dump(store: Path) -> list[tuple[Any, ...]]:
             ).fetchall()
             rows += db.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
     return rows
+
+
+def open_scorer(run_dir: Path, store: Path) -> Scorer:
+    """A scorer of a run over an existing store folder (the store's fingerprint is checked)."""
+    served = ServedModel.load(run_dir)
+    return Scorer(served, open_store(store, served.store_info))

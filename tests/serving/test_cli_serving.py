@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 
 from cmrec import cli
-from cmrec.serving import Scorer
-from tests.serving.conftest import dump, make_run
+from tests.serving.conftest import dump, make_run, open_scorer
 
 PART = "part-00000-of-00001.sqlite"
 
@@ -53,14 +52,14 @@ def test_score_writes_requests_with_scores(
     scored = pd.read_parquet(out)
     assert list(scored.columns) == ["user_id", "item_id", "tag", "score"]
     assert scored["score"].between(0, 1).all() and scored["tag"].tolist() == list("abcdef")
-    api = Scorer.open(run_dir, refreshed).score(requests["user_id"].tolist(), requests["item_id"])
+    api = open_scorer(run_dir, refreshed).score(requests["user_id"].tolist(), requests["item_id"])
     np.testing.assert_allclose(scored["score"].to_numpy(), api.probabilities, rtol=1e-6)
     assert api.unknown_users == ("123456",) and api.unknown_items == 1
     # An unknown user scores from the initial memory: the same as a forgotten one.
     user = str(log["user_id"].iloc[0])
     assert cli.main(["forget", "--store", str(refreshed), "--user", user, "nobody"]) == 0
     assert "deleted 1 of 2" in capsys.readouterr().out
-    after = Scorer.open(run_dir, refreshed).score([user, "123456"], [3, 3]).probabilities
+    after = open_scorer(run_dir, refreshed).score([user, "123456"], [3, 3]).probabilities
     assert after[0] == pytest.approx(after[1])
 
 
@@ -158,11 +157,11 @@ def test_rebuild_replaces_memories_of_a_retrained_model(
     argv = ["refresh", "--run", str(retrained), "--events", str(full), "--store", str(refreshed)]
     assert cli.main([*argv, "--rebuild", "--no-progress"]) == 0
     assert not refreshed.with_name("store.rebuild").exists() and not refreshed.with_name("store.old").exists()
-    scorer = Scorer.open(retrained, refreshed)  # the store now belongs to the retrained run
+    scorer = open_scorer(retrained, refreshed)  # the store now belongs to the retrained run
     _, known = scorer.memories(sorted(log["user_id"].astype(str).unique()))
     assert known.all()
     with pytest.raises(Exception, match="--rebuild"):
-        Scorer.open(run_dir, refreshed)
+        open_scorer(run_dir, refreshed)
 
 
 def test_evaluate_via_store_reproduces_the_batch_path(tmp_path: Path, run_dir: Path, log_file: Path) -> None:

@@ -16,10 +16,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from cmrec import cli
 from cmrec.data import validate_events
-from cmrec.serving import Refresher, Scorer, ServedModel, UserEvents
+from cmrec.serving import Refresher, ServedModel, UserEvents
 from cmrec.serving.refresh import _already_applied
 from cmrec.store import MemoryStore, StoreError, partition_of
-from tests.serving.conftest import dump, make_run
+from tests.serving.conftest import dump, make_run, open_scorer
 
 
 def refresh_frames(run_dir: Path, store: Path, frames: list[pd.DataFrame], batch_users: int = 5) -> None:
@@ -56,7 +56,7 @@ def test_chunked_refresh_equals_whole_equals_training_path(
 ) -> None:
     refresh_frames(run_dir, tmp_path / "whole", [log])
     ids, expected = training_memories(run_dir, log)
-    whole = Scorer.open(run_dir, tmp_path / "whole")
+    whole = open_scorer(run_dir, tmp_path / "whole")
     memory, known = whole.memories(ids)
     assert known.all()
     torch.testing.assert_close(memory, expected, rtol=1e-5, atol=1e-5)
@@ -186,8 +186,8 @@ def test_float16_store_halves_memory_bytes_and_scores_closely(
         }  # K slots, the history-mean rows and the two profile rows of the `cm` preset
     ids = sorted(log["user_id"].astype(str).unique())
     items = np.full(len(ids), log["item_id"].iloc[0])
-    full = Scorer.open(run_dir, tmp_path / "fp32").score(ids, items).probabilities
-    half = Scorer.open(run_dir, tmp_path / "fp16").score(ids, items).probabilities
+    full = open_scorer(run_dir, tmp_path / "fp32").score(ids, items).probabilities
+    half = open_scorer(run_dir, tmp_path / "fp16").score(ids, items).probabilities
     np.testing.assert_allclose(half, full, atol=5e-3)
     assert cli.main([*base, "--store", str(tmp_path / "fp16"), "--dtype", "float32"]) == 2  # needs --rebuild
 
@@ -196,7 +196,7 @@ def test_store_refuses_another_models_memories(tmp_path: Path, run_dir: Path, lo
     refresh_frames(run_dir, tmp_path / "s", [log.iloc[:100]])
     other = make_run(tmp_path / "other", log, seed=1)
     with pytest.raises(StoreError, match="--rebuild"):
-        Scorer.open(other, tmp_path / "s")
+        open_scorer(other, tmp_path / "s")
 
 
 def test_torchrun_style_workers_each_write_their_own_partitions(

@@ -1,0 +1,188 @@
+"""`refresh_store`: apply an event file to the memories of a store folder (SQLite partitions).
+
+Reads an event log (the training schema; each user's rows in time order), drops the events a user
+has already consumed (at or below their watermark: rerunning a file changes nothing), appends the
+rest to the user's pending clicks and writes every complete N-click segment into the memory with
+the run's own incremental update, batched across users, one store transaction per batch.
+
+Worker w of W owns the partitions p with p % W == w (`PartitionRouter`): `workers` > 1 starts W
+processes on this machine; a job started W times (torchrun, Spark) passes each its `rank` and
+`world`. `rebuild` recomputes every memory from a full log into a new folder and swaps it in.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from cmrec.atomic import swap_in
+from cmrec.data.events import read_events
+from cmrec.errors import CmrecError
+from cmrec.serving.events import UserEvents
+from cmrec.serving.model import ServedModel
+from cmrec.serving.refresh import Refresher, RefreshStats
+from cmrec.store import (
+    MemoryDtype,
+    MemoryStore,
+    PartitionRouter,
+    StoreInfo,
+    existing_partitions,
+    partition_path,
+    read_store_info,
+    store_lock,
+    writer_locks,
+)
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """What a refresh did (`RefreshStats`) and the layout of the store it wrote."""
+
+    stats: RefreshStats
+    info: StoreInfo
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one worker needs; plain values so that it crosses a process boundary."""
+
+    run: Path
+    events: Path
+    store: Path
+    info: StoreInfo
+    rank: int
+    world: int
+    batch_users: int
+    progress: bool
+    threads: int
+
+
+def refresh_store(
+    run: Path,
+    events: Path,
+    store: Path,
+    *,
+    rebuild: bool = False,
+    dtype: MemoryDtype | None = None,
+    partitions: int | None = None,
+    workers: int | None = None,
+    rank: int = 0,
+    world: int = 1,
+    batch_users: int = 256,
+    progress: bool = True,
+) -> RefreshResult:
+    """Refresh `store` with the events of file `events`, using the CM run folder `run`.
+
+    Args:
+        rebuild: recompute every memory from `events` (a full log) into a new folder, swapped in.
+        dtype, partitions: a new store's memory precision (float32) and partition count (`world`);
+            an existing store keeps its own (changing them needs `rebuild`).
+        workers: processes on this machine (each one worker); None: this process is worker
+            `rank` of `world` (a job started once per worker, on any number of machines).
+        batch_users: users per batch and store transaction.
+    """
+    if workers is not None:
+        if workers < 1:
+            raise CmrecError(f"--num-workers must be >= 1, got {workers}")
+        rank, world = 0, workers
+    if rebuild and workers is None and world > 1:
+        raise CmrecError(
+            "--rebuild under torchrun: write the rebuilt memories to a new --store folder instead, "
+            "then point scoring at it (no single process could swap a store shared by many machines)"
+        )
+    if batch_users < 1:
+        raise CmrecError(f"--batch-users must be >= 1, got {batch_users}")
+    served = ServedModel.load(run)
+    with store_lock(store, exclusive=rebuild):
+        # Validate the whole input before touching the store: bad input leaves it unchanged.
+        user_events = _read(events, served)
+        target = store.with_name(store.name + ".rebuild") if rebuild else store
+        if rebuild and target.exists():
+            shutil.rmtree(target)  # a leftover of an interrupted rebuild
+        info = _store_info(served, target, dtype, partitions, world)
+        router = PartitionRouter(info.partitions)
+        checked = list(range(info.partitions)) if workers is not None else router.owned(rank, world)
+        _check_store(served, user_events, target, info, checked, batch_users)
+        threads = max(1, (os.cpu_count() or 1) // world)
+        job = _Job(run, events, target, info, rank, world, batch_users, progress, threads)
+        if workers is not None and world > 1:
+            stats = _run_workers(job)
+        else:
+            stats = _refresh(job, served, user_events)
+        if rebuild:
+            # One step (`swap_in`): a scorer or a kill at any moment finds the old or the new store.
+            swap_in(target, store)
+    return RefreshResult(stats, info)
+
+
+def _read(events: Path, served: ServedModel) -> UserEvents:
+    return UserEvents.from_events(read_events(events, require_time_order=True), served.vocabs, str(events))
+
+
+def _store_info(
+    served: ServedModel, target: Path, dtype: MemoryDtype | None, partitions: int | None, world: int
+) -> StoreInfo:
+    """The layout of the store: an existing store's own, else the options' (checked for sense)."""
+    found = existing_partitions(target)
+    stored = read_store_info(target)
+    if found is not None and stored is not None:
+        if dtype and dtype != stored.dtype:
+            raise CmrecError(
+                f"{target}: the store holds {stored.dtype} memories; --dtype {dtype} needs --rebuild"
+            )
+        if partitions and partitions != found:
+            raise CmrecError(
+                f"{target}: the store has {found} partitions; --partitions {partitions} needs --rebuild"
+            )
+        return served.store_info(stored.dtype, found)
+    partitions = partitions or world
+    if partitions < world:
+        raise CmrecError(f"--partitions ({partitions}) must be at least the number of workers ({world})")
+    return served.store_info(dtype or "float32", partitions)
+
+
+def _check_store(
+    served: ServedModel, events: UserEvents, target: Path, info: StoreInfo, owned: list[int], batch_users: int
+) -> None:
+    """Fingerprint, layout and every stored row the input touches, before the first write."""
+    present = [p for p in owned if partition_path(target, p, info.partitions).is_file()]
+    if not present:
+        return
+    rows, _ = PartitionRouter(info.partitions).select(events.user_ids, present)
+    with MemoryStore(target, info, owned=present) as store:
+        Refresher(served, store, batch_users).check(events.select(rows))
+
+
+def _refresh(job: _Job, served: ServedModel, events: UserEvents) -> RefreshStats:
+    """One worker: its partitions of the store, its users of the input."""
+    router = PartitionRouter(job.info.partitions)
+    owned = router.owned(job.rank, job.world)
+    mine, partition = router.select(events.user_ids, owned)
+    with (
+        writer_locks(job.store, owned, job.info.partitions),
+        MemoryStore(job.store, job.info, owned=owned, create=True) as store,
+    ):
+        refresher = Refresher(served, store, job.batch_users)
+        return refresher.refresh(events.select(mine), groups=partition, show_progress=job.progress)
+
+
+def _worker_main(job: _Job) -> RefreshStats:
+    torch.set_num_threads(job.threads)
+    served = ServedModel.load(job.run)
+    return _refresh(job, served, _read(job.events, served))
+
+
+def _run_workers(job: _Job) -> RefreshStats:
+    jobs = [replace(job, rank=rank, progress=job.progress and rank == 0) for rank in range(job.world)]
+    with ProcessPoolExecutor(max_workers=job.world, mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(_worker_main, jobs))
+    total = RefreshStats()
+    for result in results:
+        total = total.merge(result)
+    return total
