@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from cmrec.data.batch import HistoryTargets
+from cmrec.data.jagged import segment_jagged
 from cmrec.errors import ConfigError
-from cmrec.memory.segments import segment_jagged
 
 # Dense targets of the end-to-end baselines are drawn per 20-click segment, like CM's (N = 20), so
 # every model trains on the same distribution of targets.

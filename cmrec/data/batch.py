@@ -25,11 +25,9 @@ from torch.utils.data import DataLoader, Sampler
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from cmrec.data.samples import Histories, NegativeSampler, Samples, concat_ranges, interleave
+from cmrec.data.schema import CATEGORY_KEY, ITEM_KEY
 from cmrec.data.vocab import NUM_RESERVED
 from cmrec.errors import ConfigError
-
-ITEM_KEY = "item"
-CATEGORY_KEY = "category"
 
 
 @dataclass

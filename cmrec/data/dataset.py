@@ -175,6 +175,57 @@ def check_category_column(events: pd.DataFrame, vocabs: Vocabularies, source: st
         )
 
 
+def _item_vocabs(
+    events: pd.DataFrame, train_region: np.ndarray, config: SplitConfig, vocabs: Vocabularies | None
+) -> tuple[Vocab, Vocab | None]:
+    """The item and category vocabularies: a trained model's, or fitted on the training region."""
+    if vocabs is not None:
+        check_category_column(events, vocabs)
+        return vocabs.items, vocabs.categories
+    items = Vocab.fit(events[ITEM][train_region], name="item")
+    has_categories = CATEGORY in events.columns
+    categories = Vocab.fit(events[CATEGORY][train_region], name="category") if has_categories else None
+    if items.num_known < 2:
+        raise DataValidationError(
+            f"too little data: the training region ({_REGION[config.strategy]}) holds "
+            f"{items.num_known} distinct item(s); sampling negatives needs at least 2"
+        )
+    return items, categories
+
+
+def _item_category(num_items: int, item_idx: np.ndarray, cat_idx: np.ndarray) -> np.ndarray:
+    """(num_items,) the category of each item (its first event's), OOV for items never seen."""
+    item_category = np.full(num_items, OOV_INDEX, dtype=np.int64)
+    known, first = np.unique(item_idx, return_index=True)
+    item_category[known] = cat_idx[first]
+    item_category[0] = 0
+    item_category[OOV_INDEX] = OOV_INDEX
+    return item_category
+
+
+def _split_samples(
+    seq: np.ndarray,
+    t: np.ndarray,
+    offsets: np.ndarray,
+    item_idx: np.ndarray,
+    cat_idx: np.ndarray | None,
+    item_category: np.ndarray | None,
+    sampler: NegativeSampler,
+    rng: np.random.Generator,
+) -> Samples:
+    """The (positive, sampled negative) pairs of the targets at positions t of sequences seq."""
+    flat = offsets[seq] + t
+    positives = item_idx[flat].astype(np.int64)
+    return paired_samples(
+        sequence=seq,
+        prefix_len=t,
+        positives=positives,
+        negatives=sampler.sample(positives, rng),
+        positive_categories=None if cat_idx is None else cat_idx[flat].astype(np.int64),
+        item_category=item_category,
+    )
+
+
 def build_from_events(
     events: pd.DataFrame, config: SplitConfig | None = None, vocabs: Vocabularies | None = None
 ) -> ClickLogData:
@@ -199,28 +250,12 @@ def build_from_events(
 
     targets, train_region = _choose_targets(config, offsets, lengths, position, timestamps, seq_of_event)
 
-    has_categories = CATEGORY in events.columns
-    if vocabs is None:
-        items = Vocab.fit(events[ITEM][train_region], name="item")
-        categories = Vocab.fit(events[CATEGORY][train_region], name="category") if has_categories else None
-        if items.num_known < 2:
-            raise DataValidationError(
-                f"too little data: the training region ({_REGION[config.strategy]}) holds "
-                f"{items.num_known} distinct item(s); sampling negatives needs at least 2"
-            )
-    else:
-        items, categories = vocabs.items, vocabs.categories
-        check_category_column(events, vocabs)
+    items, categories = _item_vocabs(events, train_region, config, vocabs)
     item_idx = items.encode(events[ITEM]).astype(np.int32)
     cat_idx = categories.encode(events[CATEGORY]).astype(np.int32) if categories is not None else None
-
     item_category = vocabs.item_category if vocabs else None
     if item_category is None and cat_idx is not None:
-        item_category = np.full(len(items), OOV_INDEX, dtype=np.int64)
-        known, first = np.unique(item_idx[train_region], return_index=True)
-        item_category[known] = cat_idx[train_region][first]
-        item_category[0] = 0
-        item_category[OOV_INDEX] = OOV_INDEX
+        item_category = _item_category(len(items), item_idx[train_region], cat_idx[train_region])
     counts = np.bincount(item_idx[train_region], minlength=len(items))
     sampler = NegativeSampler(num_items=len(items), strategy=config.negatives, counts=counts)
 
@@ -234,16 +269,7 @@ def build_from_events(
     splits = {}
     for name, rng in zip(SPLITS, rngs, strict=True):
         seq, t = targets[name]
-        flat = offsets[seq] + t
-        positives = item_idx[flat].astype(np.int64)
-        splits[name] = paired_samples(
-            sequence=seq,
-            prefix_len=t,
-            positives=positives,
-            negatives=sampler.sample(positives, rng),
-            positive_categories=None if cat_idx is None else cat_idx[flat].astype(np.int64),
-            item_category=item_category,
-        )
+        splits[name] = _split_samples(seq, t, offsets, item_idx, cat_idx, item_category, sampler, rng)
     stats = {
         "users": len(lengths),
         "users_with_test_target": len(targets["test"][0]),

@@ -18,6 +18,9 @@ USER = "user_id"
 ITEM = "item_id"
 TIMESTAMP = "timestamp"
 CATEGORY = "category_id"
+# Feature keys of the KeyedJaggedTensor histories that batches carry and the embedding tables read.
+ITEM_KEY = "item"
+CATEGORY_KEY = "category"
 
 REQUIRED_COLUMNS: tuple[str, ...] = (USER, ITEM, TIMESTAMP)
 ID_COLUMNS: tuple[str, ...] = (USER, ITEM, CATEGORY)

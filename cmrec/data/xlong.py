@@ -137,29 +137,9 @@ def build_from_xlong(
         items = Vocab.fit(_ordered(_train_items(train.lines)), name="item")
         vocabs = Vocabularies(users=users, items=items)
     all_lines = train.lines + test.lines
-    lengths = np.fromiter((len(line.history) for line in all_lines), dtype=np.int64, count=len(all_lines))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    item_ids = vocabs.items.encode([h for line in all_lines for h in line.history]).astype(np.int32)
-    histories = Histories(
-        items=item_ids,
-        categories=None,
-        offsets=offsets,
-        users=vocabs.users.encode([line.uid for line in all_lines]),
-    )
-
-    def samples_of(first: int, stop: int) -> Samples:
-        chosen = all_lines[first:stop]
-        return paired_samples(
-            sequence=np.arange(first, stop, dtype=np.int64),
-            prefix_len=lengths[first:stop],
-            positives=vocabs.items.encode([x.pos_item for x in chosen]),
-            negatives=vocabs.items.encode([x.neg_item for x in chosen]),
-            positive_categories=None,
-            item_category=None,
-        )
-
-    train_all = samples_of(0, len(train.lines))
-    test_samples = samples_of(len(train.lines), len(all_lines))
+    histories = _histories(all_lines, vocabs)
+    train_all = _samples(all_lines, 0, len(train.lines), histories, vocabs)
+    test_samples = _samples(all_lines, len(train.lines), len(all_lines), histories, vocabs)
     rng = np.random.default_rng(seed)
     is_valid_line = rng.random(len(train.lines)) < valid_fraction
     is_valid_row = np.repeat(is_valid_line, 2)
@@ -175,6 +155,32 @@ def build_from_xlong(
             "test_lines": len(test.lines),
             "malformed_lines_skipped": train.skipped + test.skipped,
         },
+    )
+
+
+def _histories(lines: list[XLongLine], vocabs: Vocabularies) -> Histories:
+    """One history per line, encoded with `vocabs` (ids they do not know become OOV)."""
+    lengths = np.fromiter((len(line.history) for line in lines), dtype=np.int64, count=len(lines))
+    return Histories(
+        items=vocabs.items.encode([h for line in lines for h in line.history]).astype(np.int32),
+        categories=None,
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        users=vocabs.users.encode([line.uid for line in lines]),
+    )
+
+
+def _samples(
+    lines: list[XLongLine], first: int, stop: int, histories: Histories, vocabs: Vocabularies
+) -> Samples:
+    """The (positive, negative) pairs of lines [first, stop), each after its line's whole history."""
+    chosen = lines[first:stop]
+    return paired_samples(
+        sequence=np.arange(first, stop, dtype=np.int64),
+        prefix_len=histories.lengths[first:stop],
+        positives=vocabs.items.encode([x.pos_item for x in chosen]),
+        negatives=vocabs.items.encode([x.neg_item for x in chosen]),
+        positive_categories=None,
+        item_category=None,
     )
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from cmrec.data.batch import CATEGORY_KEY, ITEM_KEY
+from cmrec.data.schema import CATEGORY_KEY, ITEM_KEY
 from cmrec.errors import ConfigError
 
 

@@ -11,13 +11,13 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from cmrec.data.batch import ITEM_KEY, Batch
+from cmrec.data.jagged import segment_jagged
 from cmrec.data.vocab import NUM_RESERVED
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
 from cmrec.heads.reason import ReasonHead
 from cmrec.memory.encoder import SegmentEncoder
 from cmrec.memory.machine import ContinualMemoryMachine
-from cmrec.memory.segments import segment_jagged
 from cmrec.memory.update import MemoryUpdate
 from cmrec.models.config import CMConfig
 from cmrec.output import ModelNeeds, ModelOutput, RecModel
@@ -49,31 +49,7 @@ class ContinualMemoryModel(RecModel):
             raise ConfigError(f"embeddings are {embeddings.dim} wide, CMConfig.item_dim is {config.item_dim}")
         self.config = config
         self.embeddings = embeddings
-        encoder = SegmentEncoder(
-            config.item_dim,
-            config.heads,
-            config.encoder_layers,
-            config.ffn_dim,
-            config.dropout,
-            config.segment_len,
-        )
-        update = MemoryUpdate(
-            config.memory_dim,
-            config.item_dim,
-            config.model_dim,
-            config.subspaces,
-            config.retention_init,
-            config.slots,
-            config.slowest_write_rate,
-        )
-        self.machine = ContinualMemoryMachine(
-            encoder,
-            update,
-            config.slots,
-            config.memory_dim,
-            history_mean=config.history_mean,
-            profile_rows=config.profile_rows,
-        )
+        self.machine = _memory_machine(config)
         self.reason = ReasonHead(
             config.item_dim,
             config.memory_dim,
@@ -88,22 +64,7 @@ class ContinualMemoryModel(RecModel):
         self.needs = ModelNeeds(
             dense_targets=config.dense_targets, memory_shape=(config.memory_rows, config.memory_dim)
         )
-        self.recall: HistoryRecall | None = None
-        if config.uses_recall:
-            self.recall = HistoryRecall(
-                config.item_dim,
-                config.memory_dim,
-                config.heads,
-                config.decoder_layers,
-                config.ffn_dim,
-                config.dropout,
-                config.segment_len,
-                config.fragments,
-                config.mask_ratio,
-                config.replace_ratio,
-                item_loss=config.lambda_item > 0,
-                seq_loss=config.lambda_seq > 0,
-            )
+        self.recall = _history_recall(config) if config.uses_recall else None
         self.loss_weights = {"reason": config.lambda_reason}
         if config.lambda_item > 0:
             self.loss_weights["item"] = config.lambda_item
@@ -235,3 +196,50 @@ def _given(tensor: torch.Tensor | None) -> torch.Tensor:
     if tensor is None:
         raise ConfigError("the samples have categories but the dense targets have none")
     return tensor
+
+
+def _memory_machine(config: CMConfig) -> ContinualMemoryMachine:
+    """The segment encoder and memory update of `config`, as one memory machine."""
+    encoder = SegmentEncoder(
+        config.item_dim,
+        config.heads,
+        config.encoder_layers,
+        config.ffn_dim,
+        config.dropout,
+        config.segment_len,
+    )
+    update = MemoryUpdate(
+        config.memory_dim,
+        config.item_dim,
+        config.model_dim,
+        config.subspaces,
+        config.retention_init,
+        config.slots,
+        config.slowest_write_rate,
+    )
+    return ContinualMemoryMachine(
+        encoder,
+        update,
+        config.slots,
+        config.memory_dim,
+        history_mean=config.history_mean,
+        profile_rows=config.profile_rows,
+    )
+
+
+def _history_recall(config: CMConfig) -> HistoryRecall:
+    """The history recall model of `config` with the losses its weights enable."""
+    return HistoryRecall(
+        config.item_dim,
+        config.memory_dim,
+        config.heads,
+        config.decoder_layers,
+        config.ffn_dim,
+        config.dropout,
+        config.segment_len,
+        config.fragments,
+        config.mask_ratio,
+        config.replace_ratio,
+        item_loss=config.lambda_item > 0,
+        seq_loss=config.lambda_seq > 0,
+    )

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from cmrec.recall.fragments import sample_fragments
+from cmrec.recall.fragments import Fragments, sample_fragments
 
 
 class HistoryRecall(nn.Module):
@@ -95,8 +95,25 @@ class HistoryRecall(nn.Module):
         Returns:
             ``{"item": L_item}``, ``{"seq": L_seq}`` or both, as enabled.
         """
-        histories, segments, length, dim = x.shape
         frag = sample_fragments(mask, self.fragments, self.mask_ratio, self.replace_ratio, generator)
+        decoded, positive, positive_ids = self.decode(memory, x, ids, frag)
+        losses: dict[str, torch.Tensor] = {}
+        if self.item_loss:
+            losses["item"] = item_loss(decoded, positive, positive_ids, frag, sampled_ids, sampled_features)
+        if self.seq_loss:
+            losses["seq"] = seq_loss(self.seq_head(decoded[:, :, :, 0]).squeeze(-1), frag)
+        return losses
+
+    def decode(
+        self, memory: torch.Tensor, x: torch.Tensor, ids: torch.Tensor, frag: Fragments
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode each fragment and its corrupted copy against the memory.
+
+        Returns:
+            decoded (H, 2, B, N+1, D): [:, 0] the fragments, [:, 1] the copies; position 0 is CLS.
+            positive (H, B, N, D) and positive_ids (H, B, N): the fragments' true items.
+        """
+        histories, segments, length, dim = x.shape
         rows = torch.arange(histories, device=x.device)[:, None]
         positive = x[rows, frag.segment]  # (H, B, N, D)
         positive_ids = ids[rows, frag.segment]  # (H, B, N)
@@ -116,35 +133,41 @@ class HistoryRecall(nn.Module):
             context,
             tgt_key_padding_mask=padding.reshape(-1, length + 1),
         ).view(histories, 2, self.fragments, length + 1, dim)
+        return decoded, positive, positive_ids
 
-        losses: dict[str, torch.Tensor] = {}
-        usable = frag.usable[:, None, None]  # (H, 1, 1)
-        if self.item_loss:
-            chosen = frag.masked & usable  # (H, B, N)
-            outputs = decoded[:, 0, :, 1:][chosen]  # (M, D) positive fragments' masked items
-            truth = positive[chosen]  # (M, D)
-            truth_ids = positive_ids[chosen]  # (M,)
-            logits = torch.cat(
-                [(outputs * truth).sum(-1, keepdim=True), outputs @ sampled_features.T], dim=1
-            )  # (M, 1 + P)
-            same = torch.cat(
-                [
-                    torch.zeros_like(truth_ids[:, None], dtype=torch.bool),
-                    sampled_ids[None, :] == truth_ids[:, None],
-                ],
-                dim=1,
-            )
-            logits = logits.masked_fill(same, torch.finfo(logits.dtype).min)  # a sample equal to the truth
-            target = torch.zeros(outputs.shape[0], dtype=torch.long, device=x.device)
-            losses["item"] = (
-                functional.cross_entropy(logits, target) if outputs.shape[0] else logits.sum() * 0.0
-            )
-        if self.seq_loss:
-            scores = self.seq_head(decoded[:, :, :, 0]).squeeze(-1)  # (H, 2, B)
-            labels = torch.zeros_like(scores)
-            labels[:, 0] = 1.0
-            weight = frag.usable[:, None, None].expand_as(scores).float()
-            losses["seq"] = functional.binary_cross_entropy_with_logits(
-                scores, labels, weight=weight, reduction="sum"
-            ) / weight.sum().clamp(min=1.0)
-        return losses
+
+def item_loss(
+    decoded: torch.Tensor,
+    positive: torch.Tensor,
+    positive_ids: torch.Tensor,
+    frag: Fragments,
+    sampled_ids: torch.Tensor,
+    sampled_features: torch.Tensor,
+) -> torch.Tensor:
+    """L_item: each masked item of a usable fragment's decoding must pick its true item's features
+    out of the sampled items' (softmax over 1 + P dot products; a sample equal to the truth is left
+    out). Shapes as `HistoryRecall.decode` returns them; 0 when nothing is masked."""
+    chosen = frag.masked & frag.usable[:, None, None]  # (H, B, N)
+    outputs = decoded[:, 0, :, 1:][chosen]  # (M, D) positive fragments' masked items
+    truth = positive[chosen]  # (M, D)
+    truth_ids = positive_ids[chosen]  # (M,)
+    logits = torch.cat([(outputs * truth).sum(-1, keepdim=True), outputs @ sampled_features.T], dim=1)
+    same = torch.cat(
+        [torch.zeros_like(truth_ids[:, None], dtype=torch.bool), sampled_ids[None, :] == truth_ids[:, None]],
+        dim=1,
+    )  # (M, 1 + P)
+    logits = logits.masked_fill(same, torch.finfo(logits.dtype).min)
+    if not outputs.shape[0]:
+        return logits.sum() * 0.0
+    target = torch.zeros(outputs.shape[0], dtype=torch.long, device=logits.device)
+    return functional.cross_entropy(logits, target)
+
+
+def seq_loss(scores: torch.Tensor, frag: Fragments) -> torch.Tensor:
+    """L_seq: binary cross-entropy of (H, 2, B) CLS scores, the fragment (1) against its corrupted
+    copy (0), averaged over the usable histories' pairs."""
+    labels = torch.zeros_like(scores)
+    labels[:, 0] = 1.0
+    weight = frag.usable[:, None, None].expand_as(scores).float()
+    total = functional.binary_cross_entropy_with_logits(scores, labels, weight=weight, reduction="sum")
+    return total / weight.sum().clamp(min=1.0)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from cmrec.data.dataset import Vocabularies
+from cmrec.data.jagged import segment_jagged
 from cmrec.errors import CmrecError
-from cmrec.memory.segments import segment_jagged
 from cmrec.models.cm import ContinualMemoryModel
 from cmrec.store.state import MemoryDtype, StoreInfo
 from cmrec.train.checkpoint import CHECKPOINT, load_checkpoint

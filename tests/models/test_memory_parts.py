@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.testing import assert_close
 
+from cmrec.data.jagged import segment_jagged
 from cmrec.memory.gru import GroupedGRUCell
-from cmrec.memory.segments import segment_jagged
 from cmrec.memory.update import MemoryUpdate
 
 

@@ -1,4 +1,5 @@
-"""Cutting jagged histories into fixed-length segments.
+"""Cutting jagged histories into fixed-length segments (CM's N-click segments; one segment as
+long as the longest history is the right-padded layout of the end-to-end baselines).
 
 Shape letters: E events, H histories, T segments per history, N items per segment, D features.
 
