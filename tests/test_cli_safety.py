@@ -22,10 +22,10 @@ import torch
 from cmrec import cli
 from cmrec.atomic import partial_folder, swap_in
 from cmrec.tracking import OWNER_HOST, OWNER_PID, RunTracker
+from tests.tiny import tiny_data_args
 
 FORK = multiprocessing.get_context("fork")
-TINY = ["--dataset", "xlong-synthetic", "--synthetic-users", "40", "--synthetic-length", "24"]
-TINY += ["--max-len", "24", "--train-targets-per-user", "2", "--batch-size", "16", "--epochs", "1"]
+TINY = [*tiny_data_args(users=40, batch_size=16), "--epochs", "1"]
 
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # tests/conftest.py

@@ -1,26 +1,12 @@
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 
 from cmrec.models.registry import DataSpec
+from tests.tiny import TINY
 
-TINY: dict[str, Any] = {
-    "item_dim": 8,
-    "memory_dim": 8,
-    "model_dim": 8,
-    "slots": 3,
-    "segment_len": 4,
-    "subspaces": 2,
-    "encoder_layers": 1,
-    "decoder_layers": 1,
-    "heads": 2,
-    "ffn_dim": 16,
-    "sampled_items": 10,
-    "dropout": 0.0,
-}
+__all__ = ["TINY", "spec"]
 
 
 @pytest.fixture

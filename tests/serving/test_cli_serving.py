@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from cmrec import cli
+from cmrec.store import StoreError
 from tests.serving.conftest import dump, make_run, open_scorer
 
 PART = "part-00000-of-00001.sqlite"
@@ -160,7 +161,7 @@ def test_rebuild_replaces_memories_of_a_retrained_model(
     scorer = open_scorer(retrained, refreshed)  # the store now belongs to the retrained run
     _, known = scorer.memories(sorted(log["user_id"].astype(str).unique()))
     assert known.all()
-    with pytest.raises(Exception, match="--rebuild"):
+    with pytest.raises(StoreError, match="--rebuild"):
         open_scorer(run_dir, refreshed)
 
 

@@ -160,11 +160,12 @@ def test_workers_partition_users_and_match_one_process(tmp_path: Path, run_dir: 
     ]
     with MemoryStore(tmp_path / "one") as one, MemoryStore(tmp_path / "two") as two:
         ids = sorted(s.user_id for s in one)
-        assert len(two) == len(ids) and {p: 0 for p in two.owned}
+        assert len(two) == len(ids) and two.owned == [0, 1]
         a, b = one.get_many(ids), two.get_many(ids)
-        for part in (0, 1):
-            for state in two._parts[part]:
-                assert partition_of(state.user_id, 2) == part
+    for part in (0, 1):
+        with MemoryStore(tmp_path / "two", owned=[part]) as only:
+            users = [state.user_id for state in only]
+            assert users and all(partition_of(user, 2) == part for user in users)
     for user in ids:
         torch.testing.assert_close(b[user].memory, a[user].memory, rtol=1e-5, atol=1e-5)
 
