@@ -33,7 +33,8 @@ from cmrec.store.state import (
     encode_watermark_items,
 )
 
-FORMAT = 1
+FORMAT = 2  # 2: the row checksum covers the watermark time; format-1 partitions stay readable
+READABLE_FORMATS = (1, 2)
 PAGE_SIZE = 16_384
 _CHUNK = 500  # ids per SELECT ... IN (...), below SQLite's variable limit
 LOCK_TIMEOUT_S = 60.0  # how long a writer waits for another writer's transaction on the same file
@@ -144,8 +145,12 @@ class SqlitePartition:
         return {key: json.loads(value) for key, value in self._db.execute("SELECT key, value FROM meta")}
 
     def _check_meta(self, meta: dict[str, Any], expected: StoreInfo | None, index: int) -> StoreInfo:
-        if meta.get("format") != FORMAT:
-            raise StoreError(f"{self.path}: store format {meta.get('format')!r}, this cmrec reads {FORMAT}")
+        if meta.get("format") not in READABLE_FORMATS:
+            raise StoreError(
+                f"{self.path}: store format {meta.get('format')!r}, this cmrec reads "
+                + " and ".join(str(f) for f in READABLE_FORMATS)
+            )
+        self.format = int(meta["format"])
         try:
             info = StoreInfo(**{k: meta[k] for k in StoreInfo.__dataclass_fields__})
         except (KeyError, TypeError) as exc:
@@ -217,7 +222,7 @@ class SqlitePartition:
                 f"{self.path}: user {user_id!r} holds a memory of model fingerprint {fingerprint[:12]}, "
                 f"the store is {self.info.fingerprint[:12]}; {remedy}"
             )
-        if checksum(memory, pending, wm_items, events) != crc:
+        if checksum(memory, pending, wm_time, wm_items, events, self.format) != crc:
             raise StoreError(f"{self.path}: user {user_id!r}: damaged row (checksum mismatch); {remedy}")
         try:
             tensor = decode_memory(memory, self._shape, self.info.dtype)
@@ -274,7 +279,7 @@ class SqlitePartition:
                     state.events,
                     state.fingerprint,
                     now,
-                    checksum(memory, pending, wm_items, state.events),
+                    checksum(memory, pending, state.watermark_time, wm_items, state.events, self.format),
                 )
             )
         self._db.executemany(f"INSERT OR REPLACE INTO users ({_COLUMNS}) VALUES ({','.join('?' * 10)})", rows)

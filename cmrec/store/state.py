@@ -90,11 +90,32 @@ def decode_pending(blob: bytes, count: int, has_categories: bool) -> tuple[np.nd
     return values.copy(), None
 
 
-def checksum(memory_blob: bytes, pending_blob: bytes, watermark_items: str, events: int) -> int:
-    """CRC-32 over what a reader trusts; a mismatch means a damaged row."""
+def checksum(
+    memory_blob: bytes,
+    pending_blob: bytes,
+    watermark_time: float | int | None,
+    watermark_items: str,
+    events: int,
+    store_format: int = 2,
+) -> int:
+    """CRC-32 over what a reader trusts (memory, pending clicks, watermark time and items, event
+    count); a mismatch means a damaged row. Format-1 stores (cmrec before the watermark time was
+    covered) keep their own rule, so that they stay readable."""
     crc = zlib.crc32(memory_blob)
     crc = zlib.crc32(pending_blob, crc)
-    return zlib.crc32(f"{watermark_items}|{events}".encode(), crc)
+    if store_format == 1:
+        return zlib.crc32(f"{watermark_items}|{events}".encode(), crc)
+    return zlib.crc32(f"{_time_text(watermark_time)}|{watermark_items}|{events}".encode(), crc)
+
+
+def _time_text(value: float | int | None) -> str:
+    """One text per watermark value, whichever way SQLite's NUMERIC column hands it back (3.0 is
+    stored as the integer 3)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and not value.is_integer():
+        return repr(value)
+    return str(int(value))
 
 
 def encode_watermark_items(items: tuple[str, ...]) -> str:
