@@ -4,6 +4,7 @@ from cmrec.train import TrainSettings, fit
 result = fit("cm", data, Path("runs/cm"), TrainSettings(epochs=3, seed=0))
 """
 
+from cmrec.train.checkpoint import load_checkpoint
 from cmrec.train.evaluation import SplitEvaluation, evaluate_split, score_split
 from cmrec.train.fit import TrainResult, TrainState, fit
 from cmrec.train.loop import EpochResult, Predictions, predict, train_epoch
@@ -24,6 +25,7 @@ __all__ = [
     "TrainState",
     "evaluate_split",
     "fit",
+    "load_checkpoint",
     "predict",
     "score_split",
     "train_epoch",
