@@ -12,6 +12,7 @@ from torch.utils import _pytree
 
 if TYPE_CHECKING:
     from cmrec.data.batch import DenseTargets
+    from cmrec.embeddings.tables import ItemEmbeddings
 
 
 @dataclass
@@ -84,3 +85,4 @@ class RecModel(nn.Module):
     """
 
     needs: ModelNeeds
+    embeddings: ItemEmbeddings  # every model embeds through one TorchRec EmbeddingCollection

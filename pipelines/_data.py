@@ -32,9 +32,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, training: bool) -> None:
     group.add_argument("--max-len", type=int, default=1000, help="longest history a sample sees (1000)")
 
 
-def load_data(args: argparse.Namespace, vocabs: Vocabularies | None = None) -> tuple[ClickLogData, str]:
-    """The data a run reads, and a short name of its source for tables and MLflow."""
-    training = hasattr(args, "dataset")
+def load_data(
+    args: argparse.Namespace, training: bool, vocabs: Vocabularies | None = None
+) -> tuple[ClickLogData, str]:
+    """The data a run reads (the options `add_data_arguments(parser, training)` added), and a short
+    name of its source for tables and MLflow."""
     sources = [args.events is not None, args.xlong_test is not None]
     if training:
         sources.append(args.dataset is not None)
@@ -44,13 +46,13 @@ def load_data(args: argparse.Namespace, vocabs: Vocabularies | None = None) -> t
         )
     split = SplitConfig(
         max_len=args.max_len,
-        train_targets_per_user=getattr(args, "train_targets_per_user", 1),
-        seed=getattr(args, "seed", 0),
+        train_targets_per_user=args.train_targets_per_user if training else 1,
+        seed=args.seed if training else 0,
     )
     if args.events is not None:
         return build_from_events(read_events(args.events), split, vocabs), args.events.name
     if args.xlong_test is not None:
-        train_file = getattr(args, "xlong_train", None)
+        train_file = args.xlong_train if training else None
         if training and train_file is None:
             raise CmrecError("--xlong-test needs --xlong-train for training")
         data = build_from_xlong(train_file or args.xlong_test, args.xlong_test, args.max_len, vocabs=vocabs)

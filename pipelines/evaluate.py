@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.via_store and args.events is None:
         raise CmrecError("--via-store needs --events (the log whose test samples are scored)")
     model, vocabs, payload = load_checkpoint(args.run / CHECKPOINT)
-    data, source = load_data(args, vocabs=vocabs)
+    data, source = load_data(args, training=False, vocabs=vocabs)
     if len(data.test) == 0:
         raise CmrecError(
             f"{source}: no user has a test target, so there is nothing to evaluate (each user needs "

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if sharding is not None and not under_torchrun:
         sharding.check_device("cuda" if torch.cuda.is_available() else "cpu")  # before any process starts
         return _launch(args)
-    data, source = load_data(args)
+    data, source = load_data(args, training=True)
     result = fit(
         args.model,
         data,

@@ -38,6 +38,7 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import CmrecError, ConfigError
+from cmrec.output import RecModel
 from cmrec.train.distributed.cluster import Cluster
 
 SHARDING_TYPES: dict[str, list[str]] = {
@@ -187,7 +188,7 @@ def copy_into_shards(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
 
 
 def _item_embeddings(model: nn.Module) -> ItemEmbeddings:
-    embeddings = getattr(model, "embeddings", None)
+    embeddings = model.embeddings if isinstance(model, RecModel) else None
     if not isinstance(embeddings, ItemEmbeddings):
         raise ConfigError(f"{type(model).__name__} has no ItemEmbeddings to shard")
     return embeddings
