@@ -1,5 +1,5 @@
-"""What every job entry point shares: running a job with one-line errors, its own `main`, and the
-torchrun launch of `train --nproc`.
+"""What every job entry point shares: running a job with one-line errors, its own `main`, and
+reading a YAML config file (YAML lives at the pipeline edge only).
 
 This is the CLI layer: `cmrec.cli` and the pipelines import it; the library (`cmrec.*` outside
 `cmrec.pipelines`) never does.
@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
+import yaml
 
 from cmrec.errors import CmrecError, DataWarning
 
@@ -69,36 +71,23 @@ def run_command(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     return run_guarded(args._run, args, name)
 
 
+def read_overrides(path: Path | None) -> dict[str, Any]:
+    """Config values from a YAML mapping (lists become tuples); {} without a file."""
+    if path is None:
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CmrecError(f"{path}: cannot read the YAML config: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise CmrecError(f"{path}: the YAML config must be a mapping of config keys to values")
+    return {key: tuple(v) if isinstance(v, list) else v for key, v in loaded.items()}
+
+
 def torchrun_world() -> tuple[int, int] | None:
     """(rank, world size) when torchrun started this process (RANK and WORLD_SIZE set), else None."""
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     return None
-
-
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run ``cmrec ARGV`` in `nproc` processes on this machine (``torchrun --standalone``).
-
-    ``--nproc`` is left out of the children's command line (torchrun sets their world, and its own
-    parser would take ``--nproc`` for an abbreviation of ``--nproc-per-node``).
-    """
-    forwarded: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            forwarded.append(arg)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "cmrec.cli",
-        *forwarded,
-    ]
-    return subprocess.run(command, check=False).returncode

@@ -18,25 +18,23 @@ continued with --resume); RUN_DIR/checkpoint.pt is converted from RUN_DIR/distri
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
-import torch
-import yaml
-
-from cmrec.atomic import partial_folder, swap_in
 from cmrec.errors import CmrecError
 from cmrec.models.registry import model_config, model_names
-from cmrec.pipelines._common import launch, run_command, torchrun_world
+from cmrec.pipelines._common import read_overrides, run_command, torchrun_world
 from cmrec.pipelines._data import add_data_arguments, load_data
+from cmrec.pipelines._launch import (
+    add_distributed_arguments,
+    launch_and_swap,
+    sharding_options,
+    started_by_launch,
+)
 from cmrec.tracking import tracking_uri
 from cmrec.train import SettingError, TrainSettings, fit
-from cmrec.train.distributed import EMBEDDING_OPTIMIZERS, SHARDING_TYPES, ShardingOptions
-from cmrec.train.run_folder import check_run_folder, prepare_run_folder
+from cmrec.train.run_folder import check_run_folder
 
-SWAP_BY_LAUNCHER = "CMREC_SWAP_BY_LAUNCHER"  # set for the processes `--nproc` starts
 FLAGS = {"epochs": "--epochs", "patience": "--patience", "batch_size": "--batch-size", "lr": "--lr"}
 
 DESCRIPTION = "Train a model on a click log; write a run folder and track the run in MLflow."
@@ -78,61 +76,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "model with other --config values need labels of their own",
     )
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    group = parser.add_argument_group("multi-process training (TorchRec DistributedModelParallel)")
-    group.add_argument(
-        "--nproc",
-        type=int,
-        help="train in N processes on this machine (torchrun --standalone); under torchrun the world "
-        "it sets is used and --nproc is ignored",
-    )
-    group.add_argument(
-        "--sharding",
-        choices=list(SHARDING_TYPES),
-        default="auto",
-        help="how the embedding tables are split over processes (default auto: the planner's choice)",
-    )
-    group.add_argument(
-        "--embedding-optimizer",
-        choices=list(EMBEDDING_OPTIMIZERS),
-        default="rowwise-adagrad",
-        help="fused optimizer of the sharded tables (default rowwise-adagrad; adam: GPU only)",
-    )
-    group.add_argument("--embedding-lr", type=float, default=0.01, help="its learning rate (default 0.01)")
-    group.add_argument(
-        "--resume", action="store_true", help="continue from RUN_DIR/distributed/last (same settings)"
-    )
-
-
-def read_overrides(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CmrecError(f"{path}: cannot read the YAML config: {exc}") from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise CmrecError(f"{path}: the YAML config must be a mapping of config keys to values")
-    return {key: tuple(v) if isinstance(v, list) else v for key, v in loaded.items()}
+    add_distributed_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     overrides = read_overrides(args.config)
     model_config(args.model, overrides)  # unknown keys and bad values fail before any work
-    under_torchrun = torchrun_world() is not None
-    if args.resume and args.nproc is None and not under_torchrun:
-        raise CmrecError("--resume continues a multi-process run: give --nproc N as well")
-    if args.nproc is not None and args.nproc < 1:
-        raise CmrecError(f"--nproc must be >= 1, got {args.nproc}")
-    sharding = None
-    if args.nproc is not None or under_torchrun:
-        sharding = ShardingOptions(args.sharding, args.embedding_optimizer, args.embedding_lr, args.lr)
+    sharding = sharding_options(args)
     check_run_folder(args.out, args.overwrite or args.resume)  # before the data is read
-    if sharding is not None and not under_torchrun:
-        sharding.check_device("cuda" if torch.cuda.is_available() else "cpu")  # before any process starts
-        return _launch(args)
+    if sharding is not None and torchrun_world() is None:
+        return launch_and_swap(args)  # this process starts the workers and swaps their run folder in
     data, source = load_data(args, training=True)
     result = fit(
         args.model,
@@ -146,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         sharding=sharding,
         replace=args.overwrite or args.resume,
         resume=args.resume,
-        swap=os.environ.get(SWAP_BY_LAUNCHER) != "1",
+        swap=not started_by_launch(),
     )
     if result.is_main:
         summary, test = result.summary, result.summary["test"]
@@ -167,19 +121,6 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
     if not args.embedding_lr > 0:  # also NaN
         raise CmrecError(f"--embedding-lr must be a positive number, got {args.embedding_lr}")
     return settings
-
-
-def _launch(args: argparse.Namespace) -> int:
-    """Start the --nproc processes on this machine; swap the run folder in when all succeeded."""
-    prepare_run_folder(args.out, args.resume)
-    os.environ[SWAP_BY_LAUNCHER] = "1"  # the processes leave the swap to this one
-    try:
-        code = launch(args.nproc, args.argv)
-    finally:
-        del os.environ[SWAP_BY_LAUNCHER]
-    if code == 0:
-        swap_in(partial_folder(args.out), args.out)
-    return code if code in (0, 2) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
