@@ -16,7 +16,18 @@ from cmrec.pipelines._common import EXIT_USER_ERROR, add_command, run_guarded
 # Subcommand -> pipeline module.
 COMMANDS: dict[str, str] = {
     name: f"cmrec.pipelines.{name}"
-    for name in ("generate", "train", "convert", "evaluate", "compare", "refresh", "score", "forget", "bench")
+    for name in (
+        "generate",
+        "train",
+        "convert",
+        "evaluate",
+        "compare",
+        "refresh",
+        "score",
+        "forget",
+        "bench",
+        "ui",
+    )
 }
 __all__ = ["COMMANDS", "EXIT_USER_ERROR", "build_parser", "main"]
 

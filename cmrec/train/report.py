@@ -9,7 +9,7 @@ from torch import nn
 
 from cmrec.atomic import write_json
 from cmrec.eval.heuristics import heuristic_floors
-from cmrec.eval.plots import plot_forgetting, plot_losses, plot_roc
+from cmrec.eval.plots import forgetting_figure, losses_figure, roc_figure, save
 from cmrec.tracking import RunTracker
 from cmrec.train.evaluation import PREDICTIONS, SplitEvaluation, write_predictions
 
@@ -60,10 +60,10 @@ def write_run_files(out: Path, name: str, summary: dict[str, Any], test: SplitEv
     predictions = test.predictions
     write_json(out / "metrics.json", summary)
     write_predictions(out / PREDICTIONS, predictions)
-    plot_losses(summary["epochs"], out / "losses.png")
+    save(losses_figure(summary["epochs"]), out / "losses.png")
     title = f"{name}: test AUC {test.metrics['auc']:.4f}"
-    plot_roc(predictions.labels, predictions.scores, out / "roc.png", title)
-    plot_forgetting(test.forgetting, out / "forgetting.png", f"{name}: test AUC by evidence age")
+    save(roc_figure(predictions.labels, predictions.scores, title), out / "roc.png")
+    save(forgetting_figure(test.forgetting, f"{name}: test AUC by evidence age"), out / "forgetting.png")
 
 
 def log_run(tracker: RunTracker, summary: dict[str, Any], out: Path, model: nn.Module) -> None:

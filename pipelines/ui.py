@@ -1,0 +1,86 @@
+"""`cmrec ui`: MLflow's web UI over the project's tracking store, until Ctrl-C.
+
+Starts ``mlflow ui`` on 127.0.0.1 (loopback only, unless --host says otherwise) against the store
+`cmrec train` logs to (``sqlite:///mlflow.db`` in this folder, or MLFLOW_TRACKING_URI). The server
+and its workers run in a process group of their own, which Ctrl-C (or SIGTERM) stops whole: no
+worker is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from cmrec.errors import CmrecError
+from cmrec.pipelines._common import run_command
+from cmrec.tracking import tracking_uri
+
+DESCRIPTION = "Start MLflow's web UI on the project's tracking store (127.0.0.1; Ctrl-C stops it)."
+STOP_TIMEOUT_S = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    parser.add_argument(
+        "--store", help="tracking store URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise CmrecError(f"--port must be in [1, 65535], got {args.port}")
+    uri = args.store or tracking_uri()
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", args.host, "--port", str(args.port), "--workers", "1"]
+    server = subprocess.Popen(command, start_new_session=True)  # its own process group
+    print(
+        f"MLflow UI on http://{args.host}:{args.port} (store {uri}; process group {server.pid}); "
+        "Ctrl-C stops it",
+        flush=True,
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        code = server.wait()
+        return 0 if code == 0 else 1
+    except KeyboardInterrupt:
+        _stop_group(server)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server.poll() is None:
+            _stop_group(server)
+
+
+def _stop_group(server: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's whole process group; SIGKILL to what is left after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            server.poll()
+            try:
+                os.killpg(server.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
