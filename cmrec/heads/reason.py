@@ -66,10 +66,15 @@ class _Hop(nn.Module):
         slots = self.slot(memory)  # (M, K, d_model)
         if rows is not None:
             memory, slots = memory[rows], slots[rows]  # (S, K, d_m), (S, K, d_model)
-        scores = self.score(torch.tanh(self.query(query)[:, None, :] + slots))  # (S, K, 1)
-        weights = torch.softmax(scores, dim=1)  # over slots
+        weights = self.attention(slots, query)  # (S, K, 1)
         evidence = (weights * memory).sum(dim=1)  # (S, d_m) e_c
         return self.next_query(torch.cat([evidence, query], dim=-1))  # (S, d_model) q_c
+
+    def attention(self, projected_slots: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """(S, K, d_model) projected slots (W2 m_k + b) and (S, d_model) queries -> (S, K, 1)
+        softmax weights over the slots."""
+        scores = self.score(torch.tanh(self.query(query)[:, None, :] + projected_slots))  # (S, K, 1)
+        return torch.softmax(scores, dim=1)
 
 
 class ReasonHead(nn.Module):
@@ -157,6 +162,19 @@ class ReasonHead(nn.Module):
         """
         slot_logits, mean_logits = self.logit_parts(memory, candidates, rows)
         return slot_logits if mean_logits is None else slot_logits + mean_logits
+
+    @torch.no_grad()
+    def slot_attention(self, memory: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """What each hop reads: (S, R, d_m) memories and (S, d_x) candidates -> (S, C, K) the
+        attention weights over the K slots at each of the C hops (each row sums to 1)."""
+        slots, _, _ = split_memory(memory, self.history_mean, self.profile_rows)
+        query = self.query_in(candidates)
+        weights = []
+        for hop in self.hops:
+            assert isinstance(hop, _Hop)
+            weights.append(hop.attention(hop.slot(slots), query)[..., 0])
+            query = hop(slots, query)
+        return torch.stack(weights, dim=1)
 
     def logit_parts(
         self, memory: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor | None = None

@@ -174,3 +174,21 @@ def test_seq_loss_equals_a_loop_over_fragment_pairs(recall_case: dict[str, Any])
     slow = torch.stack(terms).mean()
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(_grads(fast, [scores])[0], _grads(slow, [scores])[0], rtol=1e-9, atol=1e-12)
+
+
+def test_slot_attention_is_what_the_hops_read() -> None:
+    torch.manual_seed(1)
+    head = ReasonHead(
+        item_dim=8, memory_dim=8, model_dim=8, hops=2, readout="match", history_mean=True
+    ).double()
+    memory = torch.randn(3, 5 + 2, 8, dtype=torch.float64)
+    candidates = torch.randn(3, 8, dtype=torch.float64)
+    weights = head.slot_attention(memory, candidates)
+    assert weights.shape == (3, 2, 5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 2, dtype=torch.float64))
+    for i in range(3):  # the first hop's weights, from the loop reference's formula
+        hop, slots = head.hops[0], memory[i, :5]
+        gammas = torch.stack(
+            [hop.score(torch.tanh(hop.query(candidates[i]) + hop.slot(slots[k])))[0] for k in range(5)]
+        )
+        torch.testing.assert_close(weights[i, 0], torch.softmax(gammas, dim=0).detach())
