@@ -5,9 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCK_STAMP := $(VENV)/.lock-installed
 STAMP := $(VENV)/.cmrec-installed
-# torch's CPU build (2.13.0+cpu) is not on PyPI; our machines keep its wheel here.
+# torch's CPU build (2.13.0+cpu) is not on PyPI. Our machines keep its wheel in WHEELS; anywhere
+# else pip takes the same pinned, hashed file from PyTorch's CPU wheel index (TORCH_INDEX).
 WHEELS ?= /opt/wheels
-FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),--extra-index-url $(TORCH_INDEX))
 export MLFLOW_DISABLE_TELEMETRY := true
 
 # `make demo` knobs: a larger run is `make demo USERS=20000 LENGTH=1000 EPOCHS=10`.
