@@ -23,10 +23,10 @@ DEMO_MODELS ?= cm cm-paper cm-recall dien gru4rec avg-pool
 EXPERIMENT ?= demo
 # DIEN runs its extractor and AUGRU once per target (O(L) each), so it gets no dense targets but
 # this many training targets per user: what fits the training wall-clock of `cm` (measured: one
-# target took DIEN 160 s an epoch where `cm` took 266 s, so two would not fit; README, "Results").
+# target took DIEN 160 s an epoch where `cm` took 266 s, so two would not fit; docs/results.md).
 DIEN_TARGETS ?= 1
 # The paper's recipe trains with Adam at 1e-3 (batch 128, the earlier default); the rest use
-# cmrec's defaults (README, "Choices").
+# cmrec's defaults (docs/model.md, "Choices").
 PAPER_ARGS ?= --lr 1e-3 --batch-size 128
 
 .PHONY: venv test lint typecheck pytest demo lock clean

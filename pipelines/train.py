@@ -7,7 +7,7 @@ model to MLflow. Early stopping on validation AUC. Deterministic for a seed on C
 RUN_DIR/test_predictions.parquet holds the test probabilities the metrics were computed from.
 
 With --nproc N the same job runs in N processes (``torchrun --standalone``; several machines:
-plain ``torchrun``, see the README): TorchRec shards the embedding tables (--sharding), the dense
+plain ``torchrun``, see docs/training.md): TorchRec shards the embedding tables (--sharding), the dense
 part is data-parallel, each process trains on its own share of the users, and evaluation gathers
 every prediction before computing the metrics once. The tables then train with a fused
 --embedding-optimizer (RowWiseAdagrad by default; fused Adam is GPU-only), the dense part with Adam

@@ -16,7 +16,7 @@ count (`ContinualMemoryMachine`): the hops attend over the K slots only, and a s
 ``[h; e_C; h ⊙ e_C]`` (avg-pool's features, for the history mean h and the candidate embedding e_C)
 adds its logit to the "match" logit. Added, not concatenated into one MLP: trained on next-segment
 clicks, one MLP learns to let "not in the recent slots" veto everything, and the evidence of an
-interest that only the mean still holds is lost (measured: README, "Quality study"). `logit_parts`
+interest that only the mean still holds is lost (measured: docs/results.md, "Quality study"). `logit_parts`
 returns the two addends, so that the model can also train the mean's logit alone
 (``CMConfig.lambda_mean``).
 

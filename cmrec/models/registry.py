@@ -71,19 +71,19 @@ def _build_avg_pool(config: AvgPoolConfig, spec: DataSpec) -> RecModel:
     return AvgPoolModel(config, _embeddings(spec, config.item_dim))
 
 
-# The product preset: what won on validation AUC (README, "Choices"); the paper's recipe is
+# The product preset: what won on validation AUC (docs/model.md, "Choices"); the paper's recipe is
 # `cm-paper` (CMConfig's defaults). The ablations add or remove one part of the product preset.
 CM_PRODUCT: dict[str, Any] = {
     "readout": "match",
     "dense_per_segment": 5,
     # No recall losses: at every weight and setting measured they lowered validation AUC (3 seeds
-    # on the demo data: README, "Quality study"); `cm-recall` keeps them, `cm-paper` at the
+    # on the demo data: docs/results.md, "Quality study"); `cm-recall` keeps them, `cm-paper` at the
     # paper's weights.
     "lambda_item": 0.0,
     "lambda_seq": 0.0,
     # Memory rows that keep the exact mean of the whole history and an interest profile (a
     # histogram over learned prototypes), scored by a logit of their own that is also trained
-    # alone: the slots forget a dormant interest, these rows cannot (README, "Quality study").
+    # alone: the slots forget a dormant interest, these rows cannot (docs/results.md, "Quality study").
     "history_mean": True,
     "profile_rows": 2,
     "lambda_mean": 1.0,

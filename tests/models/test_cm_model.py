@@ -36,7 +36,7 @@ def test_presets_are_registered_with_the_papers_ablations() -> None:
     product = model_config("cm")
     assert product.readout == "match" and product.dense_targets is not None
     assert product.history_mean and product.profile_rows == 2
-    assert not product.uses_recall  # the recall losses lost on validation AUC (README, "Quality study")
+    assert not product.uses_recall  # the recall losses lost on validation AUC (docs/results.md)
     assert CMConfig().readout == "linear" and CMConfig().dense_targets is None
     # cm-recall adds the recall losses to the product preset and keeps the rest; the paper's
     # Table 1 ablations are taken from it (only the reason loss: cm itself).

@@ -1,7 +1,7 @@
 """Multi-process training with TorchRec: the only package that knows about process groups.
 
 `cmrec train --nproc N` starts N processes with ``torchrun --standalone`` (the launch lives with
-the CLI, in `cmrec.pipelines._launch`); several machines run plain ``torchrun`` (see the README).
+the CLI, in `cmrec.pipelines._launch`); several machines run plain ``torchrun`` (see docs/training.md).
 In each process:
 
 - `cluster`: `Cluster.from_env` joins the process group torchrun describes (RANK, WORLD_SIZE,
