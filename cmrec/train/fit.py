@@ -235,14 +235,7 @@ def _test(
     test = score_split(spec.data, "test", predictions)
     data = spec.data
     training_users = len(np.unique(data.histories.users[data.train.sequence]))
-    summary = run_summary(spec, asdict(state), params, test, training_users)
-    if isinstance(runner, ShardedRunner):
-        summary["distributed"] = {
-            "processes": runner.cluster.world_size,
-            "backend": runner.cluster.backend,
-            "plan": runner.plan,
-            "embedding_optimizer": runner.options.embedding_optimizer,
-        }
+    summary = {**run_summary(spec, asdict(state), params, test, training_users), **runner.report()}
     write_run_files(spec.out, spec.name, summary, test)
     if tracker is not None:
         log_run(tracker, summary, spec.out, runner.plain_model())

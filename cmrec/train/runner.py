@@ -95,6 +95,10 @@ class Runner(Protocol):
         """Tracking parameters of this way of running (processes, sharding plan...)."""
         ...
 
+    def report(self) -> dict[str, Any]:
+        """What metrics.json records about this way of running ({} for one process)."""
+        ...
+
     def train_epoch(self, epoch: int) -> EpochResult: ...
 
     def predict(self, split: str) -> Predictions:
@@ -128,7 +132,6 @@ class LocalRunner:
     """One process: Adam over every parameter, the paper's optimiser. Not resumable."""
 
     is_main = True
-    resumable = False
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
@@ -138,6 +141,9 @@ class LocalRunner:
         self._best: dict[str, torch.Tensor] | None = None
 
     def describe(self) -> dict[str, Any]:
+        return {}
+
+    def report(self) -> dict[str, Any]:
         return {}
 
     def train_epoch(self, epoch: int) -> EpochResult:
@@ -157,7 +163,7 @@ class LocalRunner:
         """Nothing to save: single-process runs are not resumable."""
 
     def resume(self) -> dict[str, Any]:
-        raise NotImplementedError("a one-process run is not resumable")  # fit never asks (resumable)
+        raise NotImplementedError("a one-process run is not resumable")  # fit refuses resume without sharding
 
     def restore_best(self) -> None:
         assert self._best is not None, "restore_best before keep_best"

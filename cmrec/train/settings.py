@@ -17,9 +17,19 @@ class SettingError(ConfigError):
         super().__init__(self.named({}))
 
     def named(self, names: Mapping[str, str]) -> str:
-        return self.template.format(
-            **{key: names.get(key, key) for key in ("epochs", "patience", "batch_size", "lr")}, **self.values
-        )
+        """The message with each setting called by `names` (a setting not in it: by its field)."""
+        return self.template.format_map(_Names(names, self.values))
+
+
+class _Names(dict[str, object]):
+    """The values of a message; a placeholder that is no value is a setting, called by `names`."""
+
+    def __init__(self, names: Mapping[str, str], values: Mapping[str, object]) -> None:
+        super().__init__(values)
+        self.names = names
+
+    def __missing__(self, key: str) -> str:
+        return self.names.get(key, key)
 
 
 @dataclass(frozen=True)

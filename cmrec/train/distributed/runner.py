@@ -31,8 +31,6 @@ class ShardedRunner:
     end RUN/checkpoint.pt converted from `best`, which evaluate, refresh and score load.
     """
 
-    resumable = True
-
     def __init__(self, spec: RunSpec, options: ShardingOptions) -> None:
         self.spec, self.options = spec, options
         self.cluster = Cluster.from_env()
@@ -62,6 +60,16 @@ class ShardedRunner:
             "embedding_optimizer": self.options.embedding_optimizer,
             "embedding_lr": self.options.embedding_lr,
             **{f"plan.{table}": placed for table, placed in self.plan.items()},
+        }
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "distributed": {
+                "processes": self.cluster.world_size,
+                "backend": self.cluster.backend,
+                "plan": self.plan,
+                "embedding_optimizer": self.options.embedding_optimizer,
+            }
         }
 
     def _on_device(self, loader: Iterable[Batch]) -> Iterator[Batch]:
