@@ -84,10 +84,3 @@ def read_overrides(path: Path | None) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise CmrecError(f"{path}: the YAML config must be a mapping of config keys to values")
     return {key: tuple(v) if isinstance(v, list) else v for key, v in loaded.items()}
-
-
-def torchrun_world() -> tuple[int, int] | None:
-    """(rank, world size) when torchrun started this process (RANK and WORLD_SIZE set), else None."""
-    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    return None

@@ -18,8 +18,7 @@ import torch
 
 from cmrec.atomic import partial_folder, swap_in
 from cmrec.errors import CmrecError
-from cmrec.pipelines._common import torchrun_world
-from cmrec.train.distributed import EMBEDDING_OPTIMIZERS, SHARDING_TYPES, ShardingOptions
+from cmrec.train.distributed import EMBEDDING_OPTIMIZERS, SHARDING_TYPES, ShardingOptions, torchrun_world
 from cmrec.train.run_folder import prepare_run_folder
 
 SWAP_BY_LAUNCHER = "CMREC_SWAP_BY_LAUNCHER"  # set for the processes `--nproc` starts

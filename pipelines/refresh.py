@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 from cmrec.jobs import refresh_store
-from cmrec.pipelines._common import run_command, torchrun_world
+from cmrec.pipelines._common import run_command
 from cmrec.store import MEMORY_DTYPES
+from cmrec.train.distributed import torchrun_world
 
 DESCRIPTION = "Apply new click events to the per-user memories of a store (incremental, idempotent)."
 

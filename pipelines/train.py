@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cmrec.errors import CmrecError
 from cmrec.models.registry import model_config, model_names
-from cmrec.pipelines._common import read_overrides, run_command, torchrun_world
+from cmrec.pipelines._common import read_overrides, run_command
 from cmrec.pipelines._data import add_data_arguments, load_data
 from cmrec.pipelines._launch import (
     add_distributed_arguments,
@@ -33,6 +33,7 @@ from cmrec.pipelines._launch import (
 )
 from cmrec.tracking import tracking_uri
 from cmrec.train import SettingError, TrainSettings, fit
+from cmrec.train.distributed import torchrun_world
 from cmrec.train.run_folder import check_run_folder
 
 FLAGS = {"epochs": "--epochs", "patience": "--patience", "batch_size": "--batch-size", "lr": "--lr"}

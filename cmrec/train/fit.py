@@ -12,7 +12,6 @@ torchrun processes (`ShardedRunner`).
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -31,6 +30,7 @@ from cmrec.models.registry import DataSpec, build_model, model_config
 from cmrec.progress import set_progress
 from cmrec.tracking import RunTracker
 from cmrec.train.distributed.checkpoints import DISTRIBUTED_DIR
+from cmrec.train.distributed.cluster import torchrun_world
 from cmrec.train.distributed.runner import ShardedRunner
 from cmrec.train.distributed.sharding import ShardingOptions
 from cmrec.train.evaluation import score_split
@@ -129,7 +129,7 @@ def fit(
     config = model_config(model, overrides)  # unknown keys and bad values fail before any work
     if resume and sharding is None:
         raise CmrecError("resume continues a multi-process run: give the sharding options as well")
-    if int(os.environ.get("RANK", "0")) == 0:  # the first process prepares the folder
+    if (torchrun_world() or (0, 1))[0] == 0:  # the first process prepares the folder
         check_run_folder(out, replace or resume)
         prepare_run_folder(out, resume)
     work = partial_folder(out)  # every output is written here, then swapped in whole

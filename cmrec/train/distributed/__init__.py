@@ -23,7 +23,7 @@ from cmrec.train.distributed.checkpoints import (
     plain_state_dict,
     save_distributed,
 )
-from cmrec.train.distributed.cluster import Cluster
+from cmrec.train.distributed.cluster import Cluster, torchrun_world
 from cmrec.train.distributed.sharding import (
     EMBEDDING_OPTIMIZERS,
     GPU_ONLY_OPTIMIZERS,
@@ -55,4 +55,5 @@ __all__ = [
     "plan_sharding",
     "save_distributed",
     "shard_model",
+    "torchrun_world",
 ]

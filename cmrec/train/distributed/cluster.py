@@ -18,6 +18,13 @@ from cmrec.errors import CmrecError
 from cmrec.train.loop import Predictions
 
 
+def torchrun_world() -> tuple[int, int] | None:
+    """(rank, world size) when torchrun started this process (RANK and WORLD_SIZE set), else None."""
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return None
+
+
 @dataclass(frozen=True)
 class Cluster:
     """This process's place among the training processes.
