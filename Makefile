@@ -12,22 +12,15 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),--extra-index-url $(TORCH_INDEX))
 export MLFLOW_DISABLE_TELEMETRY := true
 
-# `make demo` knobs: a larger run is `make demo USERS=20000 LENGTH=1000 EPOCHS=10`.
-USERS ?= 2000
-LENGTH ?= 500
-EPOCHS ?= 3
+# `make demo` knobs (`cmrec demo --help`): the larger study of docs/results.md is
+# `make demo USERS=2000 LENGTH=500 EPOCHS=3 MODELS=all`.
+USERS ?= 1000
+LENGTH ?= 400
+EPOCHS ?= 2
 SEED ?= 0
-DEMO_DIR ?= data/demo
-DEMO_RUNS ?= runs/demo
-DEMO_MODELS ?= cm cm-paper cm-recall dien gru4rec avg-pool
+MODELS ?= cm dien avg-pool
+DEMO_OUT ?= runs/demo
 EXPERIMENT ?= demo
-# DIEN runs its extractor and AUGRU once per target (O(L) each), so it gets no dense targets but
-# this many training targets per user: what fits the training wall-clock of `cm` (measured: one
-# target took DIEN 160 s an epoch where `cm` took 266 s, so two would not fit; docs/results.md).
-DIEN_TARGETS ?= 1
-# The paper's recipe trains with Adam at 1e-3 (batch 128, the earlier default); the rest use
-# cmrec's defaults (docs/model.md, "Choices").
-PAPER_ARGS ?= --lr 1e-3 --batch-size 128
 
 .PHONY: venv test lint typecheck pytest demo lock clean
 
@@ -57,22 +50,15 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# Generate XLong-style data, train every demo model on it, print the comparison table.
+# The whole story (`cmrec demo`): generate, train and compare with MLflow, refresh a store from a
+# day-2 file in chunks, score from the store beside the batch path; one line per step, timed.
 demo: $(STAMP)
-	$(VENV)/bin/cmrec generate --users $(USERS) --length $(LENGTH) --seed $(SEED) --out $(DEMO_DIR) --overwrite
-	for model in $(DEMO_MODELS); do \
-		case $$model in dien) extra="--train-targets-per-user $(DIEN_TARGETS)";; \
-			cm-paper) extra="$(PAPER_ARGS)";; *) extra="";; esac; \
-		$(VENV)/bin/cmrec train --model $$model --events $(DEMO_DIR)/events.parquet --max-len $(LENGTH) \
-			--epochs $(EPOCHS) --seed $(SEED) --experiment $(EXPERIMENT) --out $(DEMO_RUNS)/$$model-seed$(SEED) --overwrite \
-			$$extra || exit 1; \
-	done
-	$(VENV)/bin/cmrec compare --experiment $(EXPERIMENT)
-	@echo "MLflow store: $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} (experiment $(EXPERIMENT)); run folders in $(DEMO_RUNS)/"
+	$(VENV)/bin/cmrec demo --users $(USERS) --length $(LENGTH) --epochs $(EPOCHS) --seed $(SEED) \
+		--models $(MODELS) --out $(DEMO_OUT) --experiment $(EXPERIMENT)
 
 # Re-resolve the stack and rewrite requirements/cpu.lock (needs the package registry).
 lock:
 	$(PYTHON) requirements/make_lock.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_RUNS) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -17,6 +17,7 @@ from cmrec.pipelines._common import EXIT_USER_ERROR, add_command, run_guarded
 COMMANDS: dict[str, str] = {
     name: f"cmrec.pipelines.{name}"
     for name in (
+        "demo",
         "generate",
         "train",
         "convert",

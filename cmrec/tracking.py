@@ -61,6 +61,8 @@ class RunTracker:
                 "MLFLOW_TRACKING_URI to a store you can write, or pass --no-mlflow"
             ) from exc
         self.run_id: str = self._run.info.run_id
+        self.experiment = experiment
+        self.uri = uri
 
     def __enter__(self) -> RunTracker:
         return self

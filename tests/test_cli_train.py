@@ -148,7 +148,8 @@ def test_mlflow_run_and_evaluate_reproduce_train(tmp_path: Path, mlflow_store: s
     run = tmp_path / "run"
     argv = ["train", "--model", "gru4rec", "--events", str(events), "--max-len", "24", "--epochs", "1"]
     assert cli.main([*argv, "--experiment", "t", "--out", str(run)]) == 0
-    trained = json.loads((run / "metrics.json").read_text())["test"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    trained = metrics["test"]
 
     assert cli.main(["evaluate", "--run", str(run), "--events", str(events), "--max-len", "24"]) == 0
     evaluated = json.loads((run / "evaluation-events.parquet.json").read_text())["test"]
@@ -160,6 +161,7 @@ def test_mlflow_run_and_evaluate_reproduce_train(tmp_path: Path, mlflow_store: s
     runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="list")
     assert len(runs) == 1
     logged = runs[0]
+    assert metrics["mlflow"] == {"uri": mlflow_store, "experiment": "t", "run_id": logged.info.run_id}
     assert logged.data.params["model"] == "gru4rec" and logged.data.params["config.hidden"] == "64"
     assert logged.data.metrics["test_auc"] == pytest.approx(trained["auc"])
     assert "train_ctr" in logged.data.metrics and "valid_auc" in logged.data.metrics

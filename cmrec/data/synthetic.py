@@ -101,7 +101,11 @@ class SyntheticConfig:
 
 @dataclass(frozen=True)
 class SyntheticLog:
-    """The generated clicks as (U, T) matrices, 1-based ids, plus each user's dormant category."""
+    """The generated clicks as (U, T) matrices, 1-based ids, plus each user's dormant category.
+
+    The catalogue (``category_sizes`` items per category, ids from ``first_item + 1``) and each
+    user's 0-based ``long_term`` categories are kept for `later_clicks`.
+    """
 
     config: SyntheticConfig
     items: np.ndarray
@@ -109,6 +113,9 @@ class SyntheticLog:
     timestamps: np.ndarray
     dormant: np.ndarray
     is_return: np.ndarray
+    long_term: np.ndarray  # (U, I) 0-based categories
+    category_sizes: np.ndarray  # (C,)
+    first_item: np.ndarray  # (C,) 0-based offset of each category's first item
 
     def events(self) -> pd.DataFrame:
         """The event log (U * T rows, sorted by user and time)."""
@@ -151,16 +158,7 @@ def generate(config: SyntheticConfig) -> SyntheticLog:
     long_pick = np.take_along_axis(long_term, rng.integers(0, long_term.shape[1], (users, n_sessions)), 1)
     random_pick = rng.choice(n_cat, size=(users, n_sessions), p=cat_pop)
     step = rng.choice(np.array([-1, 1]), size=(users, n_sessions))
-    session_cat = np.empty((users, n_sessions), dtype=np.int64)  # (U, S)
-    previous = long_pick[:, 0]
-    for s in range(n_sessions):  # sequential over sessions only, vectorised over users
-        drift = (previous + step[:, s]) % n_cat
-        session_cat[:, s] = np.where(
-            kind[:, s] < config.p_long_term,
-            long_pick[:, s],
-            np.where(kind[:, s] < config.p_long_term + config.p_drift, drift, random_pick[:, s]),
-        )
-        previous = session_cat[:, s]
+    session_cat = _session_categories(config, kind, long_pick, random_pick, step, long_pick[:, 0])  # (U, S)
     early_session = rng.random((users, n_sessions)) < config.p_early
 
     cats = np.take_along_axis(session_cat, session, 1)  # (U, T)
@@ -193,6 +191,57 @@ def generate(config: SyntheticConfig) -> SyntheticLog:
         timestamps=timestamps,
         dormant=dormant + 1,
         is_return=is_return,
+        long_term=long_term,
+        category_sizes=sizes,
+        first_item=first_item,
+    )
+
+
+def later_clicks(log: SyntheticLog, clicks: int, seed: int = 1) -> pd.DataFrame:
+    """`clicks` more clicks per user, after the log ends (a "day 2" file for serving jobs).
+
+    The same users go on with the same session process (long-term interests, drift from their
+    last category, popular categories, noise, item popularity); the dormant interest stays quiet.
+    The first new click comes a session gap (mean one day) after the user's last one. An RNG of
+    its own (``[config.seed, seed]``): `generate`'s stream, and so the log itself, is untouched.
+    Returns an event log (``clicks`` rows per user, sorted by user and time).
+    """
+    if clicks < 1:
+        raise ConfigError(f"clicks must be >= 1, got {clicks}")
+    config = log.config
+    rng = np.random.default_rng([config.seed, seed])
+    users, n_cat = log.items.shape[0], config.categories
+    cat_pop = 1.0 / np.arange(1, n_cat + 1) ** config.category_skew
+    cat_pop /= cat_pop.sum()
+    starts = rng.random((users, clicks)) < 1.0 / config.mean_session_length
+    starts[:, 0] = True
+    session = np.cumsum(starts, axis=1) - 1  # (U, D)
+    n_sessions = int(session.max()) + 1
+    kind = rng.random((users, n_sessions))
+    picks = rng.integers(0, log.long_term.shape[1], (users, n_sessions))
+    long_pick = np.take_along_axis(log.long_term, picks, 1)
+    random_pick = rng.choice(n_cat, size=(users, n_sessions), p=cat_pop)
+    step = rng.choice(np.array([-1, 1]), size=(users, n_sessions))
+    session_cat = _session_categories(config, kind, long_pick, random_pick, step, log.categories[:, -1] - 1)
+    cats = np.take_along_axis(session_cat, session, 1)
+    noisy = rng.random((users, clicks)) < config.noise
+    cats = np.where(noisy, rng.choice(n_cat, size=(users, clicks), p=cat_pop), cats)
+    dormant = log.dormant[:, None] - 1
+    cats = np.where(cats == dormant, (cats + 1) % n_cat, cats)
+    sizes = log.category_sizes
+    rank = np.floor(sizes[cats] * rng.random((users, clicks)) ** config.item_skew).astype(np.int64)
+    items = log.first_item[cats] + np.minimum(rank, sizes[cats] - 1) + 1
+    gaps = np.where(
+        starts, rng.exponential(86_400.0, (users, clicks)), rng.exponential(120.0, (users, clicks))
+    )
+    timestamps = log.timestamps[:, -1:] + np.cumsum(np.maximum(gaps.astype(np.int64), 1), axis=1)
+    return pd.DataFrame(
+        {
+            USER: np.repeat(np.arange(1, users + 1, dtype=np.int64), clicks),
+            ITEM: items.reshape(-1),
+            TIMESTAMP: timestamps.reshape(-1),
+            CATEGORY: (cats + 1).reshape(-1),
+        }
     )
 
 
@@ -212,6 +261,28 @@ def xlong_rows(log: SyntheticLog, split: str, seed: int = 0) -> tuple[np.ndarray
     while (clash := negatives == positives).any():
         negatives[clash] = rng.integers(1, log.config.items + 1, size=int(clash.sum()))
     return history, positives, negatives
+
+
+def _session_categories(
+    config: SyntheticConfig,
+    kind: np.ndarray,
+    long_pick: np.ndarray,
+    random_pick: np.ndarray,
+    step: np.ndarray,
+    previous: np.ndarray,
+) -> np.ndarray:
+    """(U, S) category of each session from its draws: a long-term interest, a drift from the
+    previous session's category (``previous`` before the first) or a popular category."""
+    session_cat = np.empty(kind.shape, dtype=np.int64)
+    for s in range(kind.shape[1]):  # sequential over sessions only, vectorised over users
+        drift = (previous + step[:, s]) % config.categories
+        session_cat[:, s] = np.where(
+            kind[:, s] < config.p_long_term,
+            long_pick[:, s],
+            np.where(kind[:, s] < config.p_long_term + config.p_drift, drift, random_pick[:, s]),
+        )
+        previous = session_cat[:, s]
+    return session_cat
 
 
 def _distinct_from(picks: np.ndarray, taken: np.ndarray, n_cat: int, rng: np.random.Generator) -> np.ndarray:

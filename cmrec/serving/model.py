@@ -44,7 +44,7 @@ class ServedModel:
 
     Example::
 
-        served = ServedModel.load(Path("runs/demo/cm-seed0"))
+        served = ServedModel.load(Path("runs/demo/cm"))
         info = served.store_info(dtype="float16", partitions=4)
     """
 

@@ -236,6 +236,8 @@ def _test(
     data = spec.data
     training_users = len(np.unique(data.histories.users[data.train.sequence]))
     summary = {**run_summary(spec, asdict(state), params, test, training_users), **runner.report()}
+    if tracker is not None:  # where the run's MLflow copy lives
+        summary["mlflow"] = {"uri": tracker.uri, "experiment": tracker.experiment, "run_id": tracker.run_id}
     write_run_files(spec.out, spec.name, summary, test)
     if tracker is not None:
         log_run(tracker, summary, spec.out, runner.plain_model())

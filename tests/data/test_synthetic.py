@@ -5,7 +5,7 @@ import pytest
 
 from cmrec.data.dataset import SplitConfig, build_from_events
 from cmrec.data.events import validate_events
-from cmrec.data.synthetic import SyntheticConfig, generate
+from cmrec.data.synthetic import SyntheticConfig, generate, later_clicks
 from cmrec.errors import ConfigError
 from cmrec.eval.heuristics import frequency_auc, frequency_scores
 
@@ -41,6 +41,32 @@ def test_documented_structure() -> None:
     # Sessions: consecutive clicks mostly share a category (mean session length 20, 10% noise).
     same = (log.categories[:, 1:] == log.categories[:, :-1]).mean()
     assert 0.7 < same < 0.95
+
+
+def test_later_clicks_continue_each_user_without_touching_the_log() -> None:
+    log = generate(SMALL)
+    day2 = later_clicks(log, 50)
+    assert len(day2) == SMALL.users * 50 and list(day2.columns) == list(log.events().columns)
+    users = day2["user_id"].to_numpy().reshape(SMALL.users, 50)
+    np.testing.assert_array_equal(users[:, 0], np.arange(1, SMALL.users + 1))
+    times = day2["timestamp"].to_numpy().reshape(SMALL.users, 50)
+    assert (times[:, 0] > log.timestamps[:, -1]).all() and (np.diff(times, axis=1) > 0).all()
+    cats = day2["category_id"].to_numpy().reshape(SMALL.users, 50)
+    assert not (cats == log.dormant[:, None]).any()  # the dormant interest stays quiet
+    # The same users: about p_long_term of the sessions (plus drift) on their long-term interests.
+    interests = (cats[:, :, None] == log.long_term[:, None, :] + 1).any(axis=2)
+    assert 0.35 < interests.mean() < 0.75
+    other = generate(SyntheticConfig(**{**SMALL.to_dict(), "seed": 12}))
+    assert (cats[:, :, None] == other.long_term[:, None, :] + 1).any(axis=2).mean() < 0.25
+    # Items follow the catalogue: each item id lies inside its category's id range.
+    start = log.first_item[cats - 1] + 1
+    assert (
+        (day2["item_id"].to_numpy().reshape(SMALL.users, 50) - start) < log.category_sizes[cats - 1]
+    ).all()
+    assert day2.equals(later_clicks(log, 50)) and not day2.equals(later_clicks(log, 50, seed=2))
+    np.testing.assert_array_equal(generate(SMALL).items, log.items)
+    with pytest.raises(ConfigError, match="clicks must be >= 1"):
+        later_clicks(log, 0)
 
 
 def test_long_range_memory_is_worth_something() -> None:
