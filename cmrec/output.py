@@ -4,7 +4,7 @@ what its training batches and its serving state need (`ModelNeeds`), so that no 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -62,8 +62,9 @@ class ModelNeeds:
         history_negatives: its batches must carry one sampled negative per history event (DIEN's
             auxiliary loss).
         dense_targets: the dense supervision its training loader adds (`DenseTargets`), or None.
-        memory_shape: (rows, d_m) of the per-user memory it serves from (Continual Memory); None for
-            an end-to-end model, which must keep each user's history.
+        memory_shape: (rows, d_m) of the per-user state it serves from (a model incremental by
+            construction, `IncrementalModel`: CM's memory, GRU4REC's hidden state); None for an
+            end-to-end model, which must keep each user's history.
     """
 
     history_negatives: bool = False
@@ -76,6 +77,46 @@ class ModelNeeds:
             rows, dim = self.memory_shape
             return rows * dim * 4
         return max_len * (2 if has_categories else 1) * 4
+
+
+@runtime_checkable
+class IncrementalModel(Protocol):
+    """A model incremental by construction: what refresh and score need to serve it from a store.
+
+    A user's state is a fixed (rows, d_m) tensor (``needs.memory_shape``) whatever the history
+    length; clicks are written into it `write_len` at a time (CM: one N-click segment; GRU4REC: one
+    click), so a store keeps fewer than `write_len` clicks pending per user; a candidate is scored
+    from the state alone. Writing a history in one call, in chunks, or through the training forward
+    gives the same state (tested for every such model).
+    """
+
+    needs: ModelNeeds
+
+    @property
+    def write_len(self) -> int:
+        """Clicks per write step; the store keeps fewer than this many pending per user."""
+        ...
+
+    def initial_memory(self, batch_size: int) -> torch.Tensor:
+        """(B, rows, d_m) state of users without history."""
+        ...
+
+    def write(
+        self,
+        memory: torch.Tensor,
+        segment_items: torch.Tensor,
+        mask: torch.Tensor,
+        segment_categories: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, rows, d_m) states after the clicks of (B, T, write_len) item grids, oldest first
+        (`mask` False on padding, which leaves a state unchanged)."""
+        ...
+
+    def score(
+        self, memory: torch.Tensor, items: torch.Tensor, categories: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(S, rows, d_m) states and (S,) candidates -> (S,) CTR logits."""
+        ...
 
 
 class RecModel(nn.Module):

@@ -145,7 +145,7 @@ def _bench_length(
     batches = {u: _history_batch(items[user_of == u], categories, user_of == u, candidates) for u in exact}
     for name, model in baselines.items():
         latency[name] = _latency(_forward(model, batches), exact, reps)
-    segments_per_user = length / served.model.config.segment_len
+    segments_per_user = length / served.model.write_len
     return {
         "length": length,
         "latency_ms": latency,
@@ -157,7 +157,7 @@ def _bench_length(
 
 def _bench_steady(served: ServedModel, events: pd.DataFrame, scratch: Path) -> dict[str, Any]:
     """STEADY_USERS users each receive one new segment (20 clicks) on top of a stored memory."""
-    n = served.model.config.segment_len
+    n = served.model.write_len
     per_user = events[events.groupby("user_id").cumcount() < 2 * n]
     frames = []
     for copy in range(STEADY_USERS // per_user["user_id"].nunique()):
@@ -224,15 +224,13 @@ def _rates(stats: Any) -> dict[str, float]:
 
 def _bench_store(served: ServedModel, scratch: Path, rng: np.random.Generator) -> dict[str, Any]:
     """Read / write latency and bytes on disk of STORE_USERS users, for float32 and float16 memories."""
-    config = served.model.config
+    rows, dim = served.state_shape
     result: dict[str, Any] = {"users": STORE_USERS}
     for dtype in ("float32", "float16"):
         states = [
             UserState(
                 user_id=f"user-{i}",
-                memory=torch.from_numpy(
-                    rng.standard_normal((config.memory_rows, config.memory_dim)).astype(np.float32)
-                ),
+                memory=torch.from_numpy(rng.standard_normal((rows, dim)).astype(np.float32)),
                 pending_items=rng.integers(2, 100, size=10).astype(np.int32),
                 pending_categories=rng.integers(2, 10, size=10).astype(np.int32),
                 watermark_time=int(1e9) + i,
@@ -249,7 +247,7 @@ def _bench_store(served: ServedModel, scratch: Path, rng: np.random.Generator) -
 def _bench_store_dtype(
     served: ServedModel, path: Path, dtype: MemoryDtype, states: list[UserState]
 ) -> dict[str, Any]:
-    config = served.model.config
+    rows, dim = served.state_shape
     ids = [s.user_id for s in states]
     with MemoryStore(path, served.store_info(dtype), create=True) as store:
         write = _timed_many(lambda i: store.put_many(states[i * 100 : (i + 1) * 100]), len(states) // 100)
@@ -259,7 +257,7 @@ def _bench_store_dtype(
         store.checkpoint()  # fold the write-ahead log into the database before measuring its size
         on_disk = store.file_bytes()
     return {
-        "memory_bytes_per_user": config.memory_rows * config.memory_dim * (4 if dtype == "float32" else 2),
+        "memory_bytes_per_user": rows * dim * (4 if dtype == "float32" else 2),
         "file_bytes_per_user": round(on_disk / len(states), 1),
         "write_100_users_ms": write,
         "write_1_user_ms": write_one,

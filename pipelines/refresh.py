@@ -28,7 +28,12 @@ DESCRIPTION = "Apply new click events to the per-user memories of a store (incre
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="CM run folder written by `cmrec train`")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        help="run folder of an incremental model (cm and its variants, gru4rec), from `cmrec train`",
+    )
     parser.add_argument("--events", type=Path, required=True, help="new events (.parquet or .csv)")
     parser.add_argument("--store", type=Path, required=True, help="memory store folder (created if missing)")
     parser.add_argument(

@@ -26,7 +26,12 @@ DESCRIPTION = "Score (user, item) requests from stored memories; write them with
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="CM run folder the store was refreshed with")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        help="run folder the store was refreshed with (cm and its variants, gru4rec)",
+    )
     parser.add_argument("--store", type=Path, required=True, help="memory store folder (`cmrec refresh`)")
     parser.add_argument("--requests", type=Path, required=True, help="requests (.parquet or .csv)")
     parser.add_argument("--out", type=Path, required=True, help="output file (.parquet or .csv)")

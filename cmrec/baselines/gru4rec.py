@@ -65,7 +65,8 @@ class GRU4RecModel(RecModel):
         self.needs = ModelNeeds(
             dense_targets=DenseTargets.request(
                 DENSE_SEGMENT, config.dense_per_segment, config.dense_last_segments
-            )
+            ),
+            memory_shape=(1, config.hidden),
         )
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -80,6 +81,41 @@ class GRU4RecModel(RecModel):
             dense = self._logits(prefix_rows(states, targets), targets.items, targets.categories)
         loss = batch.target_loss(logits, dense, self.config.sample_share)
         return ModelOutput(logits=logits, losses={"ctr": loss}, weights={"ctr": 1.0})
+
+    # Incremental serving (`cmrec.output.IncrementalModel`): the state is the GRU's hidden state,
+    # one row; a click is written as soon as it arrives (write_len 1, nothing pending).
+    write_len = 1
+
+    def initial_memory(self, batch_size: int) -> torch.Tensor:
+        """(B, 1, hidden) zeros: the state the training forward starts every history from."""
+        weight = next(self.gru.parameters())
+        return torch.zeros(batch_size, 1, self.config.hidden, dtype=weight.dtype, device=weight.device)
+
+    def write(
+        self,
+        memory: torch.Tensor,
+        segment_items: torch.Tensor,
+        mask: torch.Tensor,
+        segment_categories: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the GRU from each (B, 1, hidden) state over its clicks ((B, T, N) grids, oldest
+        first, padding only after a user's last click) and keep the state after the last one."""
+        batch = segment_items.shape[0]
+        items = segment_items.reshape(batch, -1)
+        lengths = mask.reshape(batch, -1).sum(dim=1)
+        if items.shape[1] == 0:
+            return memory
+        categories = None if segment_categories is None else segment_categories.reshape(batch, -1)
+        x = self.embeddings.lookup(items.reshape(-1), None if categories is None else categories.reshape(-1))
+        states, _ = self.gru(x.reshape(batch, items.shape[1], -1), memory[:, 0][None].contiguous())
+        last = states[torch.arange(batch, device=states.device), (lengths - 1).clamp(min=0)]
+        return torch.where((lengths > 0)[:, None], last, memory[:, 0])[:, None]
+
+    def score(
+        self, memory: torch.Tensor, items: torch.Tensor, categories: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(S, 1, hidden) states and (S,) candidates -> (S,) CTR logits, as the forward scores."""
+        return self._logits(memory[:, 0], items, categories)
 
     def _logits(
         self, state: torch.Tensor, items: torch.Tensor, categories: torch.Tensor | None

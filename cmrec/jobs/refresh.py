@@ -77,7 +77,8 @@ def refresh_store(
     batch_users: int = 256,
     progress: bool = True,
 ) -> RefreshResult:
-    """Refresh `store` with the events of file `events`, using the CM run folder `run`.
+    """Refresh `store` with the events of file `events`, using the run folder `run` of an
+    incremental model (`cmrec.output.IncrementalModel`: cm and its variants, gru4rec).
 
     Args:
         rebuild: recompute every memory from `events` (a full log) into a new folder, swapped in.

@@ -73,6 +73,11 @@ class ContinualMemoryModel(RecModel):
         if config.history_mean and config.lambda_mean > 0:
             self.loss_weights["mean"] = config.lambda_mean
 
+    @property
+    def write_len(self) -> int:
+        """Clicks per `write` step (`IncrementalModel`): one N-click segment."""
+        return self.config.segment_len
+
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """(B, rows, d_m) memory of users without history (`CMConfig.memory_rows`)."""
         return self.machine.initial_memory(batch_size)

@@ -1,4 +1,5 @@
-"""The served model: a CM run loaded once, with the fingerprint that ties memories to it."""
+"""The served model: a run of a model incremental by construction (`IncrementalModel`: CM,
+GRU4REC), loaded once, with the fingerprint that ties stored states to it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from cmrec.data.dataset import Vocabularies
 from cmrec.data.jagged import segment_jagged
 from cmrec.errors import CmrecError
-from cmrec.models.cm import ContinualMemoryModel
+from cmrec.output import IncrementalModel
 from cmrec.store.state import MemoryDtype, StoreInfo
 from cmrec.train.checkpoint import CHECKPOINT, load_checkpoint
 
@@ -40,7 +41,7 @@ def model_fingerprint(
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A CM model in eval mode, its vocabularies and fingerprint.
+    """An incremental model in eval mode, its vocabularies and fingerprint.
 
     Example::
 
@@ -48,7 +49,7 @@ class ServedModel:
         info = served.store_info(dtype="float16", partitions=4)
     """
 
-    model: ContinualMemoryModel
+    model: IncrementalModel
     vocabs: Vocabularies
     name: str
     fingerprint: str
@@ -59,10 +60,12 @@ class ServedModel:
         if not run_dir.is_dir():
             raise CmrecError(f"{run_dir}: no such run folder")
         model, vocabs, payload = load_checkpoint(run_dir / CHECKPOINT)
-        if not isinstance(model, ContinualMemoryModel):
+        if not isinstance(model, IncrementalModel) or model.needs.memory_shape is None:
             raise CmrecError(
-                f"{run_dir}: model {payload['model']!r} keeps no memory; refresh and score serve "
-                "Continual Memory runs (cm, cm-only-reason, ...)"
+                f"{run_dir}: model {payload['model']!r} is end-to-end: it reads each user's raw "
+                "history, so it keeps no state a store could hold; refresh and score serve models "
+                "incremental by construction (cm and its variants, gru4rec). Score it from "
+                "histories with cmrec.jobs.score_histories"
             )
         fingerprint = model_fingerprint(
             payload["model"], payload["config"], payload["state_dict"], payload["vocabs"]
@@ -70,6 +73,13 @@ class ServedModel:
         return cls(
             model=model, vocabs=vocabs, name=payload["model"], fingerprint=fingerprint, run_dir=run_dir
         )
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        """(rows, d_m) of one user's stored state."""
+        shape = self.model.needs.memory_shape
+        assert shape is not None  # checked by `load`
+        return shape
 
     @property
     def has_categories(self) -> bool:
@@ -85,9 +95,9 @@ class ServedModel:
     ) -> torch.Tensor:
         """Write each user's clicks (oldest first) into (B, K, d_m) memories, batched.
 
-        Clicks are cut into segments from each user's first click, as in training; a partial last
-        segment is written masked. `max_segments` bounds the segments of one `write` call (writing in
-        chunks equals writing at once).
+        Clicks are cut into `write_len`-click segments from each user's first click, as in
+        training; a partial last segment is written masked. `max_segments` bounds the segments of
+        one `write` call (writing in chunks equals writing at once).
 
         Args:
             memory: (B, K, d_m) memories before the clicks.
@@ -97,7 +107,7 @@ class ServedModel:
         Returns:
             (B, K, d_m) memories after the clicks.
         """
-        segment_len = self.model.config.segment_len
+        segment_len = self.model.write_len
         lengths = torch.tensor([len(user_items) for user_items in items], dtype=torch.long)
 
         def grid(values: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,13 +124,13 @@ class ServedModel:
         return memory
 
     def store_info(self, dtype: MemoryDtype = "float32", partitions: int = 1) -> StoreInfo:
-        config = self.model.config
+        shape = self.state_shape
         return StoreInfo(
             fingerprint=self.fingerprint,
             model=self.name,
-            slots=config.memory_rows,
-            memory_dim=config.memory_dim,
-            segment_len=config.segment_len,
+            slots=shape[0],
+            memory_dim=shape[1],
+            segment_len=self.model.write_len,
             has_categories=self.has_categories,
             dtype=dtype,
             partitions=partitions,

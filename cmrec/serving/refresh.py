@@ -58,7 +58,7 @@ class Refresher:
     """Applies new events to the memories in a store.
 
     Args:
-        served: the loaded CM run.
+        served: the loaded run of an incremental model (cm, gru4rec).
         store: where the states live (all users of the input must belong to it).
         batch_users: users per batch and per store transaction.
         max_segments_per_call: segments written per `write` call (bounds the working memory of a
@@ -80,11 +80,11 @@ class Refresher:
         if batch_users < 1 or max_segments_per_call < 1:
             raise ConfigError("batch_users and max_segments_per_call must be >= 1")
         self.served = served
-        self.model = served.model.eval()
+        self.model = served.model  # in eval mode (`ServedModel.load`)
         self.store = store
         self.batch_users = batch_users
         self.max_segments = max_segments_per_call
-        self.segment_len = self.model.config.segment_len
+        self.segment_len = self.model.write_len
         with torch.no_grad():
             self.initial = self.model.initial_memory(1)[0].detach().clone()  # (K, d_m)
 

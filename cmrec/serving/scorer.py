@@ -42,7 +42,7 @@ class Scorer:
     """Load a run and a store once; score batches of (user, item) requests.
 
     Args:
-        served: the loaded CM run.
+        served: the loaded run of an incremental model (cm, gru4rec).
         store: any `MemoryStoreProtocol` backend refreshed with this run (`cmrec.store.open_store`
             opens a store folder and checks its fingerprint).
         pending: "write" (default) or "ignore", see the module docstring.
@@ -60,7 +60,7 @@ class Scorer:
         if pending not in ("write", "ignore"):
             raise ConfigError(f"pending must be 'write' or 'ignore', got {pending!r}")
         self.served = served
-        self.model = served.model.eval()
+        self.model = served.model  # in eval mode (`ServedModel.load`)
         self.store = store
         self.pending = pending
 

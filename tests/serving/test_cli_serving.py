@@ -143,9 +143,9 @@ def test_score_refuses_bad_requests_and_non_memory_runs(
     _expect_refusal(
         [*score, "--run", str(run_dir)], refreshed, capsys, "missing required column(s) ['item_id']"
     )
-    baseline = make_run(tmp_path / "gru", log, name="gru4rec")
+    baseline = make_run(tmp_path / "dien", log, name="dien")
     pd.DataFrame({"user_id": [1], "item_id": [2]}).to_csv(requests, index=False)
-    _expect_refusal([*score, "--run", str(baseline)], refreshed, capsys, "keeps no memory")
+    _expect_refusal([*score, "--run", str(baseline)], refreshed, capsys, "model 'dien' is end-to-end")
     assert not (tmp_path / "o.csv").exists()
 
 
