@@ -239,7 +239,7 @@ class _Demo:
     def finish(self) -> None:
         out, seconds = self.args.out, time.perf_counter() - self.started
         print(
-            f"demo done in {seconds / 60:.0f} min {seconds % 60:.0f} s. Next:\n"
+            f"demo done in {duration(seconds)}. Next:\n"
             f"  run folders    {out}/MODEL/ (metrics.json; losses.png, roc.png, forgetting.png)\n"
             f"  MLflow         cmrec ui   (then http://127.0.0.1:5000, experiment {self.args.experiment!r})\n"
             f"  compare again  cmrec compare --experiment {self.args.experiment}\n"
@@ -248,6 +248,11 @@ class _Demo:
             f"  notebooks      notebooks/02_train_and_evaluate.ipynb, notebooks/03_refresh_and_score.ipynb",
             flush=True,
         )
+
+
+def duration(seconds: float) -> str:
+    """``M min S s``, both truncated: 284.7 s is "4 min 44 s"."""
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
 
 def _write_chunks(day2: Path, folder: Path, chunks: int) -> list[Path]:

@@ -2,7 +2,7 @@
 
 Ids the run never saw are out of vocabulary, as in serving. Writes the metrics as JSON (default:
 RUN_DIR/evaluation-<data file name>.json) and prints them. With ``--via-store`` (incremental runs:
-cm, gru4rec; event logs), the test samples are also scored the way serving scores them: each
+cm, gru4rec, mimn, hpmn; event logs), the test samples are also scored the way serving scores them: each
 user's history refreshed into a scratch store (float32, float16 or bfloat16), then scored from it.
 """
 
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=sorted(MEMORY_DTYPES),
         metavar="DTYPE",
-        help="incremental runs (cm, gru4rec) with --events: also score the test samples the way "
+        help="incremental runs (cm, gru4rec, mimn, hpmn) with --events: also score the test samples the way "
         "serving does (refresh a scratch store with each history, score from it) with states "
         "stored in DTYPE (float32, float16, bfloat16), and report those metrics",
     )

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run",
         type=Path,
         required=True,
-        help="run folder of an incremental model (cm and its variants, gru4rec), from `cmrec train`",
+        help="run folder of an incremental model (cm and its variants, gru4rec, mimn, hpmn) from "
+        "`cmrec train`",
     )
     parser.add_argument("--events", type=Path, required=True, help="new events (.parquet or .csv)")
     parser.add_argument("--store", type=Path, required=True, help="memory store folder (created if missing)")

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--run",
         type=Path,
         required=True,
-        help="run folder the store was refreshed with (cm and its variants, gru4rec)",
+        help="run folder the store was refreshed with (cm and its variants, gru4rec, mimn, hpmn)",
     )
     parser.add_argument("--store", type=Path, required=True, help="memory store folder (`cmrec refresh`)")
     parser.add_argument("--requests", type=Path, required=True, help="requests (.parquet or .csv)")

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from cmrec import cli
+from cmrec.pipelines.demo import duration
 
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # tests/conftest.py
 TINY = ["--users", "60", "--length", "60", "--day2-clicks", "25", "--epochs", "1", "--chunks", "3"]
@@ -62,3 +63,12 @@ def test_demo_replaces_its_own_folder_and_refuses_others(
     assert cli.main([*args[:-2], "--seed", "1", "--out", str(out)]) == 0
     assert json.loads((out / "demo.json").read_text())["settings"]["seed"] == 1
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_duration_is_truncated_not_rounded() -> None:
+    assert [duration(s) for s in (284.7, 59.9, 60.0, 359.99)] == [
+        "4 min 44 s",
+        "0 min 59 s",
+        "1 min 0 s",
+        "5 min 59 s",
+    ]

@@ -39,7 +39,7 @@ class MLP(nn.Module):
         in_features: input width.
         hidden: hidden widths (DIEN's code: 200, 80).
         out_features: output width.
-        activation: "prelu" (DIEN's default), "sigmoid" (DIN's attention) or "relu".
+        activation: "prelu" (DIEN's default), "sigmoid" (DIN's attention), "relu" or "elu" (HPMN).
     """
 
     def __init__(
@@ -65,7 +65,9 @@ def _activation(name: str, size: int) -> nn.Module:
         return nn.Sigmoid()
     if name == "relu":
         return nn.ReLU()
-    raise ConfigError(f"activation must be prelu, sigmoid or relu, got {name!r}")
+    if name == "elu":
+        return nn.ELU()
+    raise ConfigError(f"activation must be prelu, sigmoid, relu or elu, got {name!r}")
 
 
 def check_positive(owner: str, **values: int | Sequence[int]) -> None:

@@ -78,7 +78,7 @@ def refresh_store(
     progress: bool = True,
 ) -> RefreshResult:
     """Refresh `store` with the events of file `events`, using the run folder `run` of an
-    incremental model (`cmrec.output.IncrementalModel`: cm and its variants, gru4rec).
+    incremental model (`cmrec.output.IncrementalModel`: cm and its variants, gru4rec, mimn, hpmn).
 
     Args:
         rebuild: recompute every memory from `events` (a full log) into a new folder, swapped in.

@@ -43,7 +43,7 @@ def score_requests(
     batch_size: int = 8192,
 ) -> ScoredRequests:
     """Score `requests` (``user_id``, ``item_id``[, ``category_id``], as `read_requests` returns
-    them) with the incremental run `run` (cm, gru4rec) from the states of store folder `store`;
+    them) with the incremental run `run` (cm, gru4rec, mimn, hpmn) from the states of store folder `store`;
     no history is read."""
     if batch_size < 1:
         raise CmrecError(f"--batch-size must be >= 1, got {batch_size}")
@@ -72,7 +72,7 @@ def score_histories(
 
     The batch path: the run's model (any registered model) reads the user's clicks in `events` (a
     validated, sorted log, `read_events`) in full, as training and evaluation do, with no
-    ``max_len`` cut. For an incremental run (cm, gru4rec) it is what `score_requests` must equal
+    ``max_len`` cut. For an incremental run (cm, gru4rec, mimn, hpmn) it is what `score_requests` must equal
     once a store has been refreshed with the same clicks (the difference is rounding: 1e-5 in
     float32). Every request's user needs at least one click in `events`; `source` names the log in
     that error.

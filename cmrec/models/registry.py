@@ -14,6 +14,8 @@ import torch
 from cmrec.baselines.avg_pool import AvgPoolConfig, AvgPoolModel
 from cmrec.baselines.dien import DIENConfig, DIENModel
 from cmrec.baselines.gru4rec import GRU4RecConfig, GRU4RecModel
+from cmrec.baselines.hpmn import HPMNConfig, HPMNModel
+from cmrec.baselines.mimn import MIMNConfig, MIMNModel
 from cmrec.data.dataset import Vocabularies
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
@@ -65,6 +67,14 @@ def _build_dien(config: DIENConfig, spec: DataSpec) -> RecModel:
 
 def _build_gru4rec(config: GRU4RecConfig, spec: DataSpec) -> RecModel:
     return GRU4RecModel(config, _embeddings(spec, config.item_dim))
+
+
+def _build_mimn(config: MIMNConfig, spec: DataSpec) -> RecModel:
+    return MIMNModel(config, _embeddings(spec, config.item_dim))
+
+
+def _build_hpmn(config: HPMNConfig, spec: DataSpec) -> RecModel:
+    return HPMNModel(config, _embeddings(spec, config.item_dim))
 
 
 def _build_avg_pool(config: AvgPoolConfig, spec: DataSpec) -> RecModel:
@@ -120,6 +130,12 @@ REGISTRY: dict[str, ModelEntry] = {
     ),
     "dien": ModelEntry(DIENConfig, {}, _build_dien, "DIEN: GRU extractor + auxiliary loss + AUGRU"),
     "gru4rec": ModelEntry(GRU4RecConfig, DENSE_BASELINE, _build_gru4rec, "GRU4REC as a CTR model"),
+    "mimn": ModelEntry(
+        MIMNConfig, {}, _build_mimn, "MIMN: NTM memory + Memory Induction Unit + utilisation regulariser"
+    ),
+    "hpmn": ModelEntry(
+        HPMNConfig, {}, _build_hpmn, "HPMN: periodic hierarchical GRU memories + multi-hop read"
+    ),
     "avg-pool": ModelEntry(
         AvgPoolConfig, DENSE_BASELINE, _build_avg_pool, "mean-pooled history + MLP (the floor)"
     ),

@@ -64,7 +64,7 @@ class ServedModel:
             raise CmrecError(
                 f"{run_dir}: model {payload['model']!r} is end-to-end: it reads each user's raw "
                 "history, so it keeps no state a store could hold; refresh and score serve models "
-                "incremental by construction (cm and its variants, gru4rec). Score it from "
+                "incremental by construction (cm and its variants, gru4rec, mimn, hpmn). Score it from "
                 "histories with cmrec.jobs.score_histories"
             )
         fingerprint = model_fingerprint(

@@ -58,7 +58,7 @@ class Refresher:
     """Applies new events to the memories in a store.
 
     Args:
-        served: the loaded run of an incremental model (cm, gru4rec).
+        served: the loaded run of an incremental model (cm, gru4rec, mimn, hpmn).
         store: where the states live (all users of the input must belong to it).
         batch_users: users per batch and per store transaction.
         max_segments_per_call: segments written per `write` call (bounds the working memory of a

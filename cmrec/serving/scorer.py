@@ -42,7 +42,7 @@ class Scorer:
     """Load a run and a store once; score batches of (user, item) requests.
 
     Args:
-        served: the loaded run of an incremental model (cm, gru4rec).
+        served: the loaded run of an incremental model (cm, gru4rec, mimn, hpmn).
         store: any `MemoryStoreProtocol` backend refreshed with this run (`cmrec.store.open_store`
             opens a store folder and checks its fingerprint).
         pending: "write" (default) or "ignore", see the module docstring.

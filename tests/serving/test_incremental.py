@@ -24,7 +24,7 @@ from tests.serving.conftest import make_run
 from tests.serving.test_batch_path import requests_of
 from tests.serving.test_refresh import refresh_frames
 
-INCREMENTAL = ["cm", "gru4rec"]
+INCREMENTAL = ["cm", "gru4rec", "mimn", "hpmn"]
 
 
 @pytest.fixture(scope="module", params=INCREMENTAL)
