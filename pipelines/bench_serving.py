@@ -3,7 +3,9 @@
 For each history length L: the latency of one request of ``--candidates`` items (p50 / p99 over
 ``--requests`` requests) for CM scoring from the store (SQLite read + the < N pending clicks written
 into a scratch memory + reason head), and for DIEN and GRU4REC recomputing from the raw history
-(model forward only: reading the history is not counted, which favours them); refresh throughput
+(model forward only: reading the history is not counted, which favours them), and for the other
+models incremental by construction (GRU4REC, MIMN, HPMN) scoring from a store of their own states
+(``<name>_from_store``, with their bytes per user); refresh throughput
 for a backfill of whole histories and for a steady-state refresh of one new segment per user;
 store read / write latency; bytes per user (float32 and float16 memories) against the raw history.
 Models have the paper's sizes and random weights: latency does not depend on the weights.
@@ -30,6 +32,7 @@ from cmrec.data.batch import CATEGORY_KEY, ITEM_KEY, Batch
 from cmrec.data.dataset import Vocabularies
 from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.models import ContinualMemoryModel, DataSpec, build_model
+from cmrec.output import IncrementalModel
 from cmrec.serving import Refresher, Scorer, ServedModel, UserEvents, model_fingerprint
 from cmrec.store import MemoryDtype, MemoryStore, UserState
 
@@ -37,6 +40,7 @@ USERS_PER_GROUP = 8
 STORE_USERS = 2000
 PENDING = 19  # the worst case: N - 1 clicks waiting
 STEADY_USERS = 2048
+INCREMENTAL = ("gru4rec", "mimn", "hpmn")  # served from a store of their own, beside CM
 
 
 def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,13 +66,21 @@ def run_serving(args: argparse.Namespace) -> dict[str, Any]:
     cm = build_model("cm", spec).eval()
     assert isinstance(cm, ContinualMemoryModel)
     baselines = {name: build_model(name, spec).eval() for name in ("dien", "gru4rec")}
+    incremental: dict[str, IncrementalModel] = {}
+    for name in INCREMENTAL:
+        model = build_model(name, spec).eval()
+        assert isinstance(model, IncrementalModel)
+        incremental[name] = model
     rng = np.random.default_rng(args.seed)
     candidates = rng.integers(2, len(vocabs.items), size=args.candidates)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cmrec-bench-") as scratch:
         served = _served(cm, vocabs, Path(scratch))
+        others = {name: _served(m, vocabs, Path(scratch), name) for name, m in incremental.items()}
         for length in args.lengths:
-            rows.append(_bench_length(length, events, served, baselines, candidates, args, Path(scratch)))
+            row = _bench_length(length, events, served, baselines, candidates, args, Path(scratch))
+            row |= _bench_incremental(length, events, others, candidates, args, Path(scratch))
+            rows.append(row)
         store = _bench_store(served, Path(scratch), rng)
         steady = _bench_steady(served, events, Path(scratch))
     cm_p50 = {row["length"]: row["latency_ms"]["cm"]["p50"] for row in rows}
@@ -93,9 +105,42 @@ def run_serving(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _served(model: ContinualMemoryModel, vocabs: Vocabularies, scratch: Path) -> ServedModel:
-    fingerprint = model_fingerprint("cm", {"bench": True}, model.state_dict(), vocabs.to_dict())
-    return ServedModel(model=model, vocabs=vocabs, name="cm", fingerprint=fingerprint, run_dir=scratch)
+def _served(model: IncrementalModel, vocabs: Vocabularies, scratch: Path, name: str = "cm") -> ServedModel:
+    assert isinstance(model, torch.nn.Module)
+    fingerprint = model_fingerprint(name, {"bench": True}, model.state_dict(), vocabs.to_dict())
+    return ServedModel(model=model, vocabs=vocabs, name=name, fingerprint=fingerprint, run_dir=scratch)
+
+
+def _score_from(scorer: Scorer, candidates: np.ndarray) -> Callable[[Any], object]:
+    return lambda user: scorer.score([str(user)] * len(candidates), candidates)
+
+
+def _bench_incremental(
+    length: int,
+    events: pd.DataFrame,
+    served: Mapping[str, ServedModel],
+    candidates: np.ndarray,
+    args: argparse.Namespace,
+    scratch: Path,
+) -> dict[str, Any]:
+    """Each other incremental model: its store refreshed with L clicks per user, then requests of
+    `candidates` scored from it; latency and the bytes of one user's state."""
+    users = events["user_id"].unique()[:USERS_PER_GROUP]
+    rank = events.groupby("user_id").cumcount().to_numpy()
+    history = validate_events(events[events["user_id"].isin(users).to_numpy() & (rank < length)])
+    reps = args.requests if length <= 1000 else max(3, args.requests // 10)
+    latency, state_bytes = {}, {}
+    for name, model in served.items():
+        with MemoryStore(scratch / f"{name}-L{length}", model.store_info(), create=True) as store:
+            Refresher(model, store, batch_users=USERS_PER_GROUP).refresh(
+                UserEvents.from_events(history, model.vocabs, "bench"), show_progress=False
+            )
+            latency[f"{name}_from_store"] = _latency(
+                _score_from(Scorer(model, store), candidates), users, reps
+            )
+        rows, dim = model.state_shape
+        state_bytes[name] = rows * dim * 4
+    return {"incremental_latency_ms": latency, "state_bytes_per_user": state_bytes}
 
 
 def _bench_length(
@@ -292,6 +337,15 @@ def print_serving(result: dict[str, Any]) -> None:
         print(
             f"{row['length']:>6}  {cell('cm'):>13}  {cell('cm_19_pending'):>13}  {cell('dien'):>15}  "
             f"{cell('gru4rec'):>18}  {row['refresh_backfill']['events_per_second']:>17,.0f}"
+        )
+        others = row["incremental_latency_ms"]
+        print(
+            "        from their own stores: "
+            + ", ".join(
+                f"{key.removesuffix('_from_store')} {v['p50']:.2f}/{v['p99']:.2f} ms "
+                f"({row['state_bytes_per_user'][key.removesuffix('_from_store')]:,} B/user)"
+                for key, v in others.items()
+            )
         )
     steady = result["refresh_steady_state"]
     print(

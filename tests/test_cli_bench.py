@@ -44,6 +44,10 @@ def test_bench_serving_measures_latency_refresh_and_store(tmp_path: Path) -> Non
             (row["length"] + 19) // 20
         )
         assert row["raw_history_bytes_per_user"] == 8 * row["length"]
+        other = row["incremental_latency_ms"]
+        assert set(other) == {"gru4rec_from_store", "mimn_from_store", "hpmn_from_store"}
+        assert all(v["p99"] >= v["p50"] > 0 for v in other.values())
+        assert row["state_bytes_per_user"] == {"gru4rec": 64 * 4, "mimn": 11 * 64 * 4, "hpmn": 6 * 64 * 4}
     assert result["refresh_steady_state"]["segments"] == result["refresh_steady_state"]["users"] == 2048
     store = result["store"]
     assert (
