@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from cmrec.baselines.avg_pool import AvgPoolConfig, AvgPoolModel
+from cmrec.baselines.caser import CaserConfig, CaserModel
 from cmrec.baselines.dien import DIENConfig, DIENModel
 from cmrec.baselines.gru4rec import GRU4RecConfig, GRU4RecModel
 from cmrec.baselines.hpmn import HPMNConfig, HPMNModel
@@ -77,6 +78,10 @@ def _build_hpmn(config: HPMNConfig, spec: DataSpec) -> RecModel:
     return HPMNModel(config, _embeddings(spec, config.item_dim))
 
 
+def _build_caser(config: CaserConfig, spec: DataSpec) -> RecModel:
+    return CaserModel(config, _embeddings(spec, config.item_dim))
+
+
 def _build_avg_pool(config: AvgPoolConfig, spec: DataSpec) -> RecModel:
     return AvgPoolModel(config, _embeddings(spec, config.item_dim))
 
@@ -136,6 +141,7 @@ REGISTRY: dict[str, ModelEntry] = {
     "hpmn": ModelEntry(
         HPMNConfig, {}, _build_hpmn, "HPMN: periodic hierarchical GRU memories + multi-hop read"
     ),
+    "caser": ModelEntry(CaserConfig, {}, _build_caser, "Caser: convolutions over the last 5 clicks"),
     "avg-pool": ModelEntry(
         AvgPoolConfig, DENSE_BASELINE, _build_avg_pool, "mean-pooled history + MLP (the floor)"
     ),

@@ -24,6 +24,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "avg-pool": {"item_dim": 16, "mlp": (32, 16)},
     "mimn": {"item_dim": 16, "mlp": (32, 16), "attention_mlp": (16, 8), "aux_mlp": (16, 8)},
     "hpmn": {"item_dim": 16, "hidden": 16, "mlp": (32, 16), "attention_mlp": (16, 8)},
+    "caser": {"item_dim": 16, "mlp": (32, 16)},
 }
 
 
@@ -52,6 +53,7 @@ def _loader(data: ClickLogData, split: str = "train", size: int = 16, **kwargs: 
         ("mimn", {"ctr", "utilisation"}),
         ("mimn-aux", {"ctr", "utilisation", "aux"}),
         ("hpmn", {"ctr", "covariance"}),
+        ("caser", {"ctr"}),
     ],
 )
 def test_shapes_loss_terms_and_gradients(data: ClickLogData, name: str, terms: set[str]) -> None:
@@ -69,7 +71,7 @@ def test_shapes_loss_terms_and_gradients(data: ClickLogData, name: str, terms: s
 
 def test_padding_and_batch_composition_do_not_change_a_logit(data: ClickLogData) -> None:
     """A user's pair scored alone, or beside a longer history (more right padding), scores the same."""
-    for name in ("dien", "gru4rec", "avg-pool", "mimn", "hpmn"):
+    for name in ("dien", "gru4rec", "avg-pool", "mimn", "hpmn", "caser"):
         torch.manual_seed(0)
         model = build_model(name, DataSpec.from_vocabs(data.vocabs), SMALL[name]).eval()
         test = data.test
@@ -138,7 +140,7 @@ def test_augru_equals_plain_loop_forward_and_backward() -> None:
     assert_close(augru(inputs, zeroed), augru(inputs[:, :3], zeroed[:, :3]))
 
 
-@pytest.mark.parametrize("name", ["dien", "gru4rec", "avg-pool", "mimn", "hpmn"])
+@pytest.mark.parametrize("name", ["dien", "gru4rec", "avg-pool", "mimn", "hpmn", "caser"])
 def test_each_baseline_learns(data: ClickLogData, name: str) -> None:
     """Two epochs on 2,400 samples: test AUC above the model's bar (0.67; HPMN 0.63: it reached
     0.657 here, and 0.64-0.66 with one hop, one period or no covariance term), training loss falls."""
@@ -168,8 +170,18 @@ def test_each_baseline_learns(data: ClickLogData, name: str) -> None:
         ("mimn", {"utilisation_weight": -0.1}, "utilisation_weight must be >= 0"),
         ("hpmn", {"periods": (2, 0)}, "periods must be >= 1"),
         ("hpmn", {"hops": 0}, "hops must be positive"),
+        ("caser", {"window": 0}, "window must be positive"),
+        ("caser", {"dropout": 1.0}, "dropout must be in \\[0, 1\\)"),
     ],
 )
 def test_bad_configs(name: str, overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         model_config(name, overrides)
+
+
+def test_caser_window_is_the_last_clicks_zero_padded_in_front() -> None:
+    from cmrec.baselines.caser import last_window
+
+    x = torch.arange(1, 13, dtype=torch.float32).reshape(2, 6, 1)  # two right-padded histories
+    window = last_window(x, torch.tensor([6, 2]), 4)
+    assert window[..., 0].tolist() == [[3.0, 4.0, 5.0, 6.0], [0.0, 0.0, 7.0, 8.0]]
