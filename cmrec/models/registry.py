@@ -17,6 +17,7 @@ from cmrec.baselines.dien import DIENConfig, DIENModel
 from cmrec.baselines.gru4rec import GRU4RecConfig, GRU4RecModel
 from cmrec.baselines.hpmn import HPMNConfig, HPMNModel
 from cmrec.baselines.mimn import MIMNConfig, MIMNModel
+from cmrec.baselines.rum import RUMConfig, RUMModel
 from cmrec.data.dataset import Vocabularies
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
@@ -82,6 +83,10 @@ def _build_caser(config: CaserConfig, spec: DataSpec) -> RecModel:
     return CaserModel(config, _embeddings(spec, config.item_dim))
 
 
+def _build_rum(config: RUMConfig, spec: DataSpec) -> RecModel:
+    return RUMModel(config, _embeddings(spec, config.item_dim))
+
+
 def _build_avg_pool(config: AvgPoolConfig, spec: DataSpec) -> RecModel:
     return AvgPoolModel(config, _embeddings(spec, config.item_dim))
 
@@ -142,6 +147,7 @@ REGISTRY: dict[str, ModelEntry] = {
         HPMNConfig, {}, _build_hpmn, "HPMN: periodic hierarchical GRU memories + multi-hop read"
     ),
     "caser": ModelEntry(CaserConfig, {}, _build_caser, "Caser: convolutions over the last 5 clicks"),
+    "rum": ModelEntry(RUMConfig, {}, _build_rum, "RUM, item level: attention over the 20 latest clicks"),
     "avg-pool": ModelEntry(
         AvgPoolConfig, DENSE_BASELINE, _build_avg_pool, "mean-pooled history + MLP (the floor)"
     ),

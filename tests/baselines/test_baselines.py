@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 from torch.testing import assert_close
 
 from cmrec.baselines.augru import AUGRU
+from cmrec.baselines.rum import RUMModel
 from cmrec.data import HistoryNegatives, SplitConfig, build_from_events, make_loader, validate_events
 from cmrec.data.dataset import ClickLogData
 from cmrec.data.samples import Samples
@@ -25,6 +26,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "mimn": {"item_dim": 16, "mlp": (32, 16), "attention_mlp": (16, 8), "aux_mlp": (16, 8)},
     "hpmn": {"item_dim": 16, "hidden": 16, "mlp": (32, 16), "attention_mlp": (16, 8)},
     "caser": {"item_dim": 16, "mlp": (32, 16)},
+    "rum": {"item_dim": 16, "mlp": (32, 16)},
 }
 
 
@@ -54,6 +56,7 @@ def _loader(data: ClickLogData, split: str = "train", size: int = 16, **kwargs: 
         ("mimn-aux", {"ctr", "utilisation", "aux"}),
         ("hpmn", {"ctr", "covariance"}),
         ("caser", {"ctr"}),
+        ("rum", {"ctr"}),
     ],
 )
 def test_shapes_loss_terms_and_gradients(data: ClickLogData, name: str, terms: set[str]) -> None:
@@ -71,7 +74,7 @@ def test_shapes_loss_terms_and_gradients(data: ClickLogData, name: str, terms: s
 
 def test_padding_and_batch_composition_do_not_change_a_logit(data: ClickLogData) -> None:
     """A user's pair scored alone, or beside a longer history (more right padding), scores the same."""
-    for name in ("dien", "gru4rec", "avg-pool", "mimn", "hpmn", "caser"):
+    for name in ("dien", "gru4rec", "avg-pool", "mimn", "hpmn", "caser", "rum"):
         torch.manual_seed(0)
         model = build_model(name, DataSpec.from_vocabs(data.vocabs), SMALL[name]).eval()
         test = data.test
@@ -140,7 +143,7 @@ def test_augru_equals_plain_loop_forward_and_backward() -> None:
     assert_close(augru(inputs, zeroed), augru(inputs[:, :3], zeroed[:, :3]))
 
 
-@pytest.mark.parametrize("name", ["dien", "gru4rec", "avg-pool", "mimn", "hpmn", "caser"])
+@pytest.mark.parametrize("name", ["dien", "gru4rec", "avg-pool", "mimn", "hpmn", "caser", "rum"])
 def test_each_baseline_learns(data: ClickLogData, name: str) -> None:
     """Two epochs on 2,400 samples: test AUC above the model's bar (0.67; HPMN 0.63: it reached
     0.657 here, and 0.64-0.66 with one hop, one period or no covariance term), training loss falls."""
@@ -171,6 +174,7 @@ def test_each_baseline_learns(data: ClickLogData, name: str) -> None:
         ("hpmn", {"periods": (2, 0)}, "periods must be >= 1"),
         ("hpmn", {"hops": 0}, "hops must be positive"),
         ("caser", {"window": 0}, "window must be positive"),
+        ("rum", {"alpha": -1.0}, "alpha must be >= 0"),
         ("caser", {"dropout": 1.0}, "dropout must be in \\[0, 1\\)"),
     ],
 )
@@ -185,3 +189,21 @@ def test_caser_window_is_the_last_clicks_zero_padded_in_front() -> None:
     x = torch.arange(1, 13, dtype=torch.float32).reshape(2, 6, 1)  # two right-padded histories
     window = last_window(x, torch.tensor([6, 2]), 4)
     assert window[..., 0].tolist() == [[3.0, 4.0, 5.0, 6.0], [0.0, 0.0, 7.0, 8.0]]
+
+
+def test_rum_reads_only_the_latest_clicks(data: ClickLogData) -> None:
+    """The memory read sees the K latest clicks only: changing an older click leaves it as it was,
+    changing a recent one does not; a history shorter than K reads only its own clicks."""
+    torch.manual_seed(0)
+    model = build_model("rum", DataSpec.from_vocabs(data.vocabs), {**SMALL["rum"], "slots": 3})
+    assert isinstance(model, RUMModel)
+    x, lengths, target = torch.randn(2, 7, 16), torch.tensor([7, 2]), torch.randn(2, 16)
+    base = model.read(x, lengths, target)
+    older, recent = x.clone(), x.clone()
+    older[0, 3] += 1.0  # the 4th latest of 7 clicks
+    recent[0, 5] += 1.0
+    assert_close(model.read(older, lengths, target), base)
+    assert (model.read(recent, lengths, target)[0] - base[0]).abs().max() > 1e-3
+    padded = x.clone()
+    padded[1, 2:] = 99.0  # past the end of the 2-click history
+    assert_close(model.read(padded, lengths, target), base)

@@ -103,7 +103,7 @@ def test_refresh_in_chunks_equals_whole_equals_the_batch_path(
     assert batch.std() > 1e-4
 
 
-@pytest.mark.parametrize("name", ["dien", "avg-pool", "caser"])
+@pytest.mark.parametrize("name", ["dien", "avg-pool", "caser", "rum"])
 def test_end_to_end_models_are_refused_by_refresh(
     tmp_path: Path, log: pd.DataFrame, log_file: Path, name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
