@@ -9,10 +9,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional
 
-from cmrec.data.batch import HistoryTargets
+from cmrec.data.batch import Batch, HistoryTargets
 from cmrec.data.jagged import segment_jagged
+from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
+from cmrec.output import RecModel
 
 # Dense targets of the end-to-end baselines are drawn per 20-click segment, like CM's (N = 20), so
 # every model trains on the same distribution of targets.
@@ -97,3 +100,81 @@ def check_sample_share(owner: str, sample_share: float) -> None:
 def prefix_rows(states: torch.Tensor, targets: HistoryTargets) -> torch.Tensor:
     """(H, L, F) per-event states -> (D, F) the state after the event before each target."""
     return states[targets.history_row, targets.position - 1]
+
+
+def grid_clicks(
+    embeddings: ItemEmbeddings,
+    segment_items: torch.Tensor,
+    mask: torch.Tensor,
+    segment_categories: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The (B, T, N) click grids of an incremental model's `write` as one right-padded sequence per
+    user: (B, T * N, D) features, (B, T * N) mask and (B,) lengths; None when the grids are empty."""
+    batch = segment_items.shape[0]
+    items = segment_items.reshape(batch, -1)
+    if items.shape[1] == 0:
+        return None
+    categories = None if segment_categories is None else segment_categories.reshape(-1)
+    x = embeddings.lookup(items.reshape(-1), categories).reshape(batch, items.shape[1], -1)
+    flat = mask.reshape(batch, -1)
+    return x, flat, flat.sum(dim=1)
+
+
+def next_click_loss(
+    owner: str,
+    auxiliary: nn.Module,
+    embeddings: ItemEmbeddings,
+    batch: Batch,
+    states: torch.Tensor,
+    positives: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """DIEN's auxiliary loss: state t, beside the embedding of click t + 1 or of a sampled
+    non-click, must tell them apart (binary cross-entropy over every such pair of the batch).
+
+    Args:
+        owner: the model's name, for the error when the batch carries no sampled negatives.
+        auxiliary: the network scoring [state; behaviour] (its output is one logit).
+        states: (H, L, G) states after each click; positives: (H, L, D) click features; mask: (H, L).
+    """
+    if batch.history_negatives is None:
+        raise ConfigError(
+            f"{owner}'s auxiliary loss needs sampled negative behaviours: build the loader with "
+            "negatives=HistoryNegatives(...), or set aux_weight to 0"
+        )
+    negative_values, negative_lengths = embeddings(batch.history_negatives)
+    negatives, _ = pad_histories(negative_values, negative_lengths)  # (H, L, D)
+    pairs = mask[:, :-1] & mask[:, 1:]  # (H, L-1): state t and a next behaviour exist
+    current = states[:, :-1][pairs]  # (P, G)
+    if current.numel() == 0:
+        return states.sum() * 0.0
+    click = auxiliary(torch.cat([current, positives[:, 1:][pairs]], dim=-1)).squeeze(-1)
+    no_click = auxiliary(torch.cat([current, negatives[:, 1:][pairs]], dim=-1)).squeeze(-1)
+    logits = torch.cat([click, no_click])
+    labels = torch.cat([torch.ones_like(click), torch.zeros_like(no_click)])
+    return functional.binary_cross_entropy_with_logits(logits, labels)
+
+
+class ClickByClick(RecModel):
+    """Base of the models whose state takes one click at a time (`IncrementalModel` with
+    write_len 1: GRU4REC, MIMN, HPMN): `write` turns the click grids into one right-padded
+    sequence per user and hands it to `consume`."""
+
+    write_len = 1  # a click is written as soon as it arrives: nothing is ever pending
+
+    def write(
+        self,
+        memory: torch.Tensor,
+        segment_items: torch.Tensor,
+        mask: torch.Tensor,
+        segment_categories: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """States after the clicks of (B, T, N) grids, oldest first; padding changes nothing."""
+        clicks = grid_clicks(self.embeddings, segment_items, mask, segment_categories)
+        return memory if clicks is None else self.consume(memory, *clicks)
+
+    def consume(
+        self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, rows, d) states after (B, L, D) right-padded clicks ((B, L) mask, (B,) lengths)."""
+        raise NotImplementedError

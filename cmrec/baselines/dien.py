@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional
 
 from cmrec.baselines.augru import AUGRU
-from cmrec.baselines.common import MLP, check_positive, masked_mean, pad_histories
+from cmrec.baselines.common import MLP, check_positive, masked_mean, next_click_loss, pad_histories
 from cmrec.data.batch import Batch
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
@@ -106,7 +106,7 @@ class DIENModel(RecModel):
         losses = {"ctr": functional.binary_cross_entropy_with_logits(logits, batch.labels)}
         weights = {"ctr": 1.0}
         if self.auxiliary is not None and self.training:  # a training signal only; scoring skips it
-            losses["aux"] = self._auxiliary_loss(batch, states, x, mask)
+            losses["aux"] = next_click_loss("DIEN", self.auxiliary, self.embeddings, batch, states, x, mask)
             weights["aux"] = self.config.aux_weight
         return ModelOutput(logits=logits, losses=losses, weights=weights)
 
@@ -115,24 +115,3 @@ class DIENModel(RecModel):
         states, _ = self.extractor(x)  # (H, L, G)
         steps = torch.arange(x.shape[1], device=x.device)[None, :]
         return states * (steps < lengths[:, None])[..., None]
-
-    def _auxiliary_loss(
-        self, batch: Batch, states: torch.Tensor, positives: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        if batch.history_negatives is None:
-            raise ConfigError(
-                "DIEN's auxiliary loss needs sampled negative behaviours: build the loader with "
-                "negatives=HistoryNegatives(...), or set aux_weight to 0"
-            )
-        assert self.auxiliary is not None
-        negative_values, negative_lengths = self.embeddings(batch.history_negatives)
-        negatives, _ = pad_histories(negative_values, negative_lengths)  # (H, L, D)
-        pairs = mask[:, :-1] & mask[:, 1:]  # (H, L-1): h_t and a next behaviour exist
-        current = states[:, :-1][pairs]  # (P, G)
-        click = self.auxiliary(torch.cat([current, positives[:, 1:][pairs]], dim=-1)).squeeze(-1)
-        no_click = self.auxiliary(torch.cat([current, negatives[:, 1:][pairs]], dim=-1)).squeeze(-1)
-        if click.numel() == 0:
-            return click.sum() * 0.0
-        logits = torch.cat([click, no_click])
-        labels = torch.cat([torch.ones_like(click), torch.zeros_like(no_click)])
-        return functional.binary_cross_entropy_with_logits(logits, labels)

@@ -13,10 +13,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cmrec.baselines.common import DENSE_SEGMENT, MLP, check_dense, check_positive, pad_histories, prefix_rows
+from cmrec.baselines.common import (
+    DENSE_SEGMENT,
+    MLP,
+    ClickByClick,
+    check_dense,
+    check_positive,
+    pad_histories,
+    prefix_rows,
+)
 from cmrec.data.batch import Batch, DenseTargets
 from cmrec.embeddings.tables import ItemEmbeddings
-from cmrec.output import ModelNeeds, ModelOutput, RecModel
+from cmrec.output import ModelNeeds, ModelOutput
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ def last_states(states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return torch.where((lengths > 0)[:, None], final, torch.zeros_like(final))
 
 
-class GRU4RecModel(RecModel):
+class GRU4RecModel(ClickByClick):
     """GRU4REC for CTR; loss ``ctr`` (binary cross-entropy)."""
 
     def __init__(self, config: GRU4RecConfig, embeddings: ItemEmbeddings) -> None:
@@ -82,33 +90,18 @@ class GRU4RecModel(RecModel):
         loss = batch.target_loss(logits, dense, self.config.sample_share)
         return ModelOutput(logits=logits, losses={"ctr": loss}, weights={"ctr": 1.0})
 
-    # Incremental serving (`cmrec.output.IncrementalModel`): the state is the GRU's hidden state,
-    # one row; a click is written as soon as it arrives (write_len 1, nothing pending).
-    write_len = 1
-
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """(B, 1, hidden) zeros: the state the training forward starts every history from."""
         weight = next(self.gru.parameters())
         return torch.zeros(batch_size, 1, self.config.hidden, dtype=weight.dtype, device=weight.device)
 
-    def write(
-        self,
-        memory: torch.Tensor,
-        segment_items: torch.Tensor,
-        mask: torch.Tensor,
-        segment_categories: torch.Tensor | None = None,
+    def consume(
+        self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
-        """Run the GRU from each (B, 1, hidden) state over its clicks ((B, T, N) grids, oldest
-        first, padding only after a user's last click) and keep the state after the last one."""
-        batch = segment_items.shape[0]
-        items = segment_items.reshape(batch, -1)
-        lengths = mask.reshape(batch, -1).sum(dim=1)
-        if items.shape[1] == 0:
-            return memory
-        categories = None if segment_categories is None else segment_categories.reshape(batch, -1)
-        x = self.embeddings.lookup(items.reshape(-1), None if categories is None else categories.reshape(-1))
-        states, _ = self.gru(x.reshape(batch, items.shape[1], -1), memory[:, 0][None].contiguous())
-        last = states[torch.arange(batch, device=states.device), (lengths - 1).clamp(min=0)]
+        """Run the GRU from each (B, 1, hidden) state over its clicks and keep the state after the
+        last one."""
+        states, _ = self.gru(x, memory[:, 0][None].contiguous())
+        last = states[torch.arange(x.shape[0], device=states.device), (lengths - 1).clamp(min=0)]
         return torch.where((lengths > 0)[:, None], last, memory[:, 0])[:, None]
 
     def score(

@@ -33,11 +33,11 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from cmrec.baselines.common import MLP, check_positive, pad_histories
+from cmrec.baselines.common import MLP, ClickByClick, check_positive, pad_histories
 from cmrec.data.batch import Batch
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
-from cmrec.output import ModelNeeds, ModelOutput, RecModel
+from cmrec.output import ModelNeeds, ModelOutput
 
 COUNT_LIMIT = 2**24  # clicks a float32 count holds exactly
 
@@ -76,7 +76,7 @@ class HPMNConfig:
         return len(self.periods) + 1
 
 
-class HPMNModel(RecModel):
+class HPMNModel(ClickByClick):
     """HPMN for CTR; losses ``ctr`` and (when weighted) ``covariance``."""
 
     def __init__(self, config: HPMNConfig, embeddings: ItemEmbeddings) -> None:
@@ -94,28 +94,9 @@ class HPMNModel(RecModel):
 
     # ---- IncrementalModel: state (B, J + 1, H) = [layer states; (clicks consumed, 0, ...)] ----
 
-    write_len = 1
-
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         weight = next(self.query.parameters())
         return weight.new_zeros(batch_size, self.config.layers + 1, self.config.hidden)
-
-    def write(
-        self,
-        memory: torch.Tensor,
-        segment_items: torch.Tensor,
-        mask: torch.Tensor,
-        segment_categories: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """States after the clicks of (B, T, N) grids (oldest first, padding only at the end)."""
-        batch = segment_items.shape[0]
-        items = segment_items.reshape(batch, -1)
-        lengths = mask.reshape(batch, -1).sum(dim=1)
-        if items.shape[1] == 0:
-            return memory
-        categories = None if segment_categories is None else segment_categories.reshape(-1)
-        x = self.embeddings.lookup(items.reshape(-1), categories).reshape(batch, items.shape[1], -1)
-        return self._consume(memory, x, lengths)
 
     def score(
         self, memory: torch.Tensor, items: torch.Tensor, categories: torch.Tensor | None = None
@@ -126,8 +107,8 @@ class HPMNModel(RecModel):
 
     def forward(self, batch: Batch) -> ModelOutput:
         values, lengths = self.embeddings(batch.history)
-        x, _ = pad_histories(values, lengths)  # (B, L, D)
-        state = self._consume(self.initial_memory(x.shape[0]), x, lengths)
+        x, mask = pad_histories(values, lengths)  # (B, L, D), (B, L)
+        state = self.consume(self.initial_memory(x.shape[0]), x, mask, lengths)
         memory = state[:, : self.config.layers]  # (B, J, H)
         target = self.embeddings.lookup(batch.target_items, batch.target_categories)
         logits = self._logits(memory[batch.history_index], target)
@@ -138,7 +119,9 @@ class HPMNModel(RecModel):
             weights["covariance"] = self.config.covariance_weight
         return ModelOutput(logits=logits, losses=losses, weights=weights)
 
-    def _consume(self, state: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def consume(
+        self, state: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
         """Feed (B, L, D) right-padded clicks (`lengths` real ones per user) through the layers.
 
         Layer j has consumed ``count // (p_1 ... p_{j-1})`` inputs before these clicks; of the new

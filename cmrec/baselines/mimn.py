@@ -44,11 +44,17 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from cmrec.baselines.common import MLP, check_positive, pad_histories
+from cmrec.baselines.common import (
+    MLP,
+    ClickByClick,
+    check_positive,
+    next_click_loss,
+    pad_histories,
+)
 from cmrec.data.batch import Batch
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
-from cmrec.output import ModelNeeds, ModelOutput, RecModel
+from cmrec.output import ModelNeeds, ModelOutput
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,7 @@ class MIMNConfig:
             raise ConfigError("MIMNConfig: sharpness and clip must be > 0")
 
 
-class MIMNModel(RecModel):
+class MIMNModel(ClickByClick):
     """MIMN for CTR; losses ``ctr``, ``utilisation`` (when weighted) and ``aux`` (training, when
     weighted)."""
 
@@ -131,8 +137,6 @@ class MIMNModel(RecModel):
 
     # ---- IncrementalModel ----
 
-    write_len = 1  # a click is written as soon as it arrives: nothing is ever pending
-
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """(B, rows, D): near-zero slots, zero controller, channels and utilisation, learned read."""
         d, m = self.config.item_dim, self.config.slots
@@ -147,21 +151,10 @@ class MIMNModel(RecModel):
             parts["S"] = zeros(batch_size, m, d)
         return self._pack(parts)
 
-    def write(
-        self,
-        memory: torch.Tensor,
-        segment_items: torch.Tensor,
-        mask: torch.Tensor,
-        segment_categories: torch.Tensor | None = None,
+    def consume(
+        self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
-        """States after the clicks of (B, T, N) grids, oldest first; padding changes nothing."""
-        batch = segment_items.shape[0]
-        items = segment_items.reshape(batch, -1)
-        if items.shape[1] == 0:
-            return memory
-        categories = None if segment_categories is None else segment_categories.reshape(-1)
-        x = self.embeddings.lookup(items.reshape(-1), categories).reshape(batch, items.shape[1], -1)
-        state, _ = self._run(self._unpack(memory), x, mask.reshape(batch, -1))
+        state, _ = self._run(self._unpack(memory), x, mask)
         return self._pack(state)
 
     def score(
@@ -187,7 +180,7 @@ class MIMNModel(RecModel):
             losses["utilisation"] = share.var(dim=1, unbiased=False).mean()
             weights["utilisation"] = self.config.utilisation_weight
         if self.auxiliary is not None and self.training:
-            losses["aux"] = self._auxiliary_loss(batch, outputs, x, mask)
+            losses["aux"] = next_click_loss("MIMN", self.auxiliary, self.embeddings, batch, outputs, x, mask)
             weights["aux"] = self.config.aux_weight
         return ModelOutput(logits=logits, losses=losses, weights=weights)
 
@@ -288,25 +281,3 @@ class MIMNModel(RecModel):
             features.append((torch.softmax(scores.squeeze(-1), dim=-1)[..., None] * channels).sum(dim=1))
         features.append(target * state["M"].mean(dim=1))
         return self.mlp(torch.cat(features, dim=-1)).squeeze(-1)
-
-    def _auxiliary_loss(
-        self, batch: Batch, outputs: torch.Tensor, positives: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """DIEN-style: o_t must tell click t + 1 from a sampled non-click."""
-        if batch.history_negatives is None:
-            raise ConfigError(
-                "MIMN's auxiliary loss needs sampled negative behaviours: build the loader with "
-                "negatives=HistoryNegatives(...), or set aux_weight to 0"
-            )
-        assert self.auxiliary is not None
-        negative_values, negative_lengths = self.embeddings(batch.history_negatives)
-        negatives, _ = pad_histories(negative_values, negative_lengths)
-        pairs = mask[:, :-1] & mask[:, 1:]
-        current = outputs[:, :-1][pairs]
-        if current.numel() == 0:
-            return outputs.sum() * 0.0
-        click = self.auxiliary(torch.cat([current, positives[:, 1:][pairs]], dim=-1)).squeeze(-1)
-        no_click = self.auxiliary(torch.cat([current, negatives[:, 1:][pairs]], dim=-1)).squeeze(-1)
-        logits = torch.cat([click, no_click])
-        labels = torch.cat([torch.ones_like(click), torch.zeros_like(no_click)])
-        return functional.binary_cross_entropy_with_logits(logits, labels)

@@ -38,7 +38,9 @@ def test_periodic_update_equals_the_plain_loop_forward_and_backward() -> None:
     model = _model()
     lengths = [13, 1, 0, 24]
     x = torch.randn(len(lengths), max(lengths), 6, requires_grad=True)
-    state = model._consume(model.initial_memory(len(lengths)), x, torch.tensor(lengths))
+    steps = torch.tensor(lengths)
+    mask = torch.arange(x.shape[1])[None] < steps[:, None]
+    state = model.consume(model.initial_memory(len(lengths)), x, mask, steps)
     expected = [_reference(model, x[b, :n]) for b, n in enumerate(lengths)]
     assert_close(state[:, :4], torch.stack([e[0] for e in expected]), rtol=1e-5, atol=1e-6)
     assert state[:, 4, 0].tolist() == [float(n) for n in lengths]
