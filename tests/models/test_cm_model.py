@@ -152,7 +152,9 @@ def test_bad_config_values(overrides: dict[str, object], message: str) -> None:
 
 
 def test_registry_and_input_errors(spec: DataSpec) -> None:
-    with pytest.raises(ConfigError, match="unknown model 'cn'; choose one of: avg-pool, cm, cm-only-item"):
+    with pytest.raises(
+        ConfigError, match="unknown model 'cn'; choose one of: avg-pool, caser, cm, cm-only-item"
+    ):
         build_model("cn", spec)
     with pytest.raises(ConfigError, match="unknown config key\\(s\\) for 'cm': slot"):
         build_model("cm", spec, {"slot": 3})
