@@ -123,6 +123,7 @@ class _Demo:
         self.steps: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         self.source = f"demo-{args.users}x{args.length}-seed{args.seed}"
+        self.log = pd.DataFrame()  # the generated log as `read_events` returns it (`_generate`)
 
     def step(self, name: str, action: Callable[[], tuple[T, str]]) -> T:
         """Run one step; print ``[i/n] name: what it did (seconds)``."""
@@ -150,7 +151,7 @@ class _Demo:
         args = self.args
         config = SyntheticConfig(users=args.users, length=args.length, seed=args.seed)
         summary = write_synthetic(config, self.work / "data", False, args.day2_clicks)
-        events = read_events(self.work / "data" / "events.parquet")
+        self.log = events = read_events(self.work / "data" / "events.parquet")
         data = build_from_events(events, SplitConfig(max_len=args.length, seed=args.seed))
         floors = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in summary["heuristic_test_auc"].items())
         line = (
@@ -211,7 +212,7 @@ class _Demo:
     def _score(self) -> tuple[pd.DataFrame, str]:
         work = self.work
         cm = work / "cm"
-        day1 = read_events(work / "data" / "events.parquet")
+        day1 = self.log
         day2 = read_events(work / "data" / "day2.parquet")
         requests = _candidates(day1, day2, self.args.score_users, self.args.seed)
         requests.to_csv(work / "requests.csv", index=False)

@@ -102,6 +102,13 @@ def prefix_rows(states: torch.Tensor, targets: HistoryTargets) -> torch.Tensor:
     return states[targets.history_row, targets.position - 1]
 
 
+def final_states(states: torch.Tensor, lengths: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) per-step states of right-padded sequences -> (B, H): each one's state after its
+    last real step, or `before` (B, H) where it has none (states past a sequence's end are never read)."""
+    last = states[torch.arange(states.shape[0], device=states.device), (lengths - 1).clamp(min=0)]
+    return torch.where((lengths > 0)[:, None], last, before)
+
+
 def grid_clicks(
     embeddings: ItemEmbeddings,
     segment_items: torch.Tensor,

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from cmrec.baselines.common import MLP, ClickByClick, check_positive, pad_histories
+from cmrec.baselines.common import MLP, ClickByClick, check_positive, final_states, pad_histories
 from cmrec.data.batch import Batch
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
@@ -141,8 +141,7 @@ class HPMNModel(ClickByClick):
                 layers.append(h0)
                 continue
             outputs, _ = gru(inputs, h0[None].contiguous())  # (B, T_j, H)
-            last = outputs[torch.arange(outputs.shape[0]), (steps - 1).clamp(min=0)]
-            layers.append(torch.where((steps > 0)[:, None], last, h0))
+            layers.append(final_states(outputs, steps, h0))
             if j == len(self.grus) - 1:
                 break
             period = self.config.periods[j]
@@ -151,11 +150,10 @@ class HPMNModel(ClickByClick):
             passed = torch.where(
                 steps > first, (steps - first + period - 1) // period, torch.zeros_like(steps)
             )
-            width = max(1, int(passed.max()) if passed.numel() else 1)
+            width = int(passed.max())
             index = first[:, None] + period * torch.arange(width, device=x.device)[None]  # (B, W)
-            index = index.clamp(max=max(outputs.shape[1] - 1, 0))
-            picked = outputs.gather(1, index[..., None].expand(-1, -1, outputs.shape[2]))
-            inputs = picked[:, : int(passed.max())] if int(passed.max()) > 0 else picked[:, :0]
+            index = index.clamp(max=outputs.shape[1] - 1)  # past a user's `passed`: padding, never read
+            inputs = outputs.gather(1, index[..., None].expand(-1, -1, outputs.shape[2]))
             consumed, steps = consumed // period, passed
         new_count = (count + lengths).to(state.dtype)
         counter = functional.pad(new_count[:, None], (0, self.config.hidden - 1))

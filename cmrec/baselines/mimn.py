@@ -169,17 +169,18 @@ class MIMNModel(ClickByClick):
         values, lengths = self.embeddings(batch.history)
         x, mask = pad_histories(values, lengths)  # (B, L, D), (B, L)
         start = self._unpack(self.initial_memory(x.shape[0]))
-        state, outputs = self._run(start, x, mask, keep_utilisation_grad=True)
+        with_aux = self.auxiliary is not None and self.training
+        state, outputs = self._run(start, x, mask, keep_utilisation_grad=True, with_outputs=with_aux)
         sample_state = {name: value[batch.history_index] for name, value in state.items()}
         target = self.embeddings.lookup(batch.target_items, batch.target_categories)
         logits = self._logits(sample_state, target)
         losses = {"ctr": functional.binary_cross_entropy_with_logits(logits, batch.labels)}
         weights = {"ctr": 1.0}
         if self.utilisation is not None:
-            share = state["u"] / state["u"].sum(dim=1, keepdim=True).clamp(min=1e-9)
-            losses["utilisation"] = share.var(dim=1, unbiased=False).mean()
+            losses["utilisation"] = _shares(state["u"]).var(dim=1, unbiased=False).mean()
             weights["utilisation"] = self.config.utilisation_weight
-        if self.auxiliary is not None and self.training:
+        if with_aux:
+            assert self.auxiliary is not None and outputs is not None
             losses["aux"] = next_click_loss("MIMN", self.auxiliary, self.embeddings, batch, outputs, x, mask)
             weights["aux"] = self.config.aux_weight
         return ModelOutput(logits=logits, losses=losses, weights=weights)
@@ -190,31 +191,36 @@ class MIMNModel(ClickByClick):
         x: torch.Tensor,
         mask: torch.Tensor,
         keep_utilisation_grad: bool = False,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        with_outputs: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """The cell over (B, L, D) clicks from `state`; (B, L) `mask` False leaves a state as it
-        was. Returns the final state and the (B, L, D) outputs o_t."""
+        was. Returns the final state and, `with_outputs` (the auxiliary loss reads them), the
+        (B, L, D) outputs o_t; serving and a forward without that loss skip computing them."""
         outputs = []
         for t in range(x.shape[1]):
-            new, output = self.step(state, x[:, t], keep_utilisation_grad)
+            new = self.step(state, x[:, t], keep_utilisation_grad)
             keep = mask[:, t]
             state = {
                 k: torch.where(keep.view(-1, *([1] * (v.dim() - 1))), new[k], v) for k, v in state.items()
             }
-            outputs.append(output)
+            if with_outputs:
+                outputs.append(self._output(new["h"], new["r"]))
+        if not with_outputs:
+            return state, None
         return state, torch.stack(outputs, dim=1) if outputs else x.new_zeros(x.shape)
 
     def step(
         self, state: dict[str, torch.Tensor], x: torch.Tensor, keep_utilisation_grad: bool = False
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
         """One click (B, D) into the state: controller, heads, read, MIU, write. Returns the new
-        state and the output o_t."""
+        state (its output o_t is `_output(h, r)` of that state)."""
         memory = state["M"]
         h, read_weights, write_weights, erase, add = self._heads(state, x)
         read = (read_weights[..., None] * memory).sum(dim=1)  # (B, D)
         new = {"h": h, "r": read}
         if self.utilisation is not None:
-            share = state["u"] / state["u"].sum(dim=1, keepdim=True).clamp(min=1e-9)
-            reweighted = write_weights * torch.softmax(self.utilisation(share.detach()), dim=-1)
+            share = _shares(state["u"]).detach()
+            reweighted = write_weights * torch.softmax(self.utilisation(share), dim=-1)
             write_weights = reweighted / reweighted.sum(dim=1, keepdim=True)
         used = write_weights if keep_utilisation_grad else write_weights.detach()
         new["u"] = state["u"] + used
@@ -223,8 +229,7 @@ class MIMNModel(ClickByClick):
         )
         if self.induction is not None:
             new["S"] = self._induce(state["S"], memory, read_weights, x)
-        output = self._output(h, read)
-        return new, output
+        return new
 
     def _heads(
         self, state: dict[str, torch.Tensor], x: torch.Tensor
@@ -281,3 +286,8 @@ class MIMNModel(ClickByClick):
             features.append((torch.softmax(scores.squeeze(-1), dim=-1)[..., None] * channels).sum(dim=1))
         features.append(target * state["M"].mean(dim=1))
         return self.mlp(torch.cat(features, dim=-1)).squeeze(-1)
+
+
+def _shares(utilisation: torch.Tensor) -> torch.Tensor:
+    """(B, m) writing each slot received so far -> the share of all writing (sums to 1)."""
+    return utilisation / utilisation.sum(dim=1, keepdim=True).clamp(min=1e-9)

@@ -1,5 +1,5 @@
-"""The served model: a run of a model incremental by construction (`IncrementalModel`: CM,
-GRU4REC), loaded once, with the fingerprint that ties stored states to it."""
+"""The served model: a run of a model incremental by construction (`IncrementalModel`: CM, GRU4REC,
+MIMN, HPMN), loaded once, with the fingerprint that ties stored states to it."""
 
 from __future__ import annotations
 

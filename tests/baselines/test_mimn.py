@@ -58,7 +58,7 @@ def test_steps_equal_the_plain_loop_forward_and_backward() -> None:
     start = model._unpack(model.initial_memory(users))
     state = start
     for t in range(steps):
-        state, _ = model.step(state, x[:, t], keep_utilisation_grad=True)
+        state = model.step(state, x[:, t], keep_utilisation_grad=True)
     expected = []
     for b in range(users):
         mine = {k: v[b] for k, v in start.items()}
