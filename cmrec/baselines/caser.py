@@ -13,8 +13,9 @@ S samples.
 * The concatenation, dropout (the paper's 0.5, training only) and a fully connected layer with ReLU
   give the sequence representation z (D). The paper adds a user embedding P_u; cmrec's models have
   no user-id tables (a user is their history), so z alone stands for the user.
-* CTR: the MLP (200, 80, PReLU) over [z; candidate; z * candidate], loss ``ctr``, one target per
-  user, as the other end-to-end baselines.
+* CTR: the MLP (200, 80, PReLU) over [z; candidate; z * candidate], loss ``ctr``.
+* Dense targets (``dense_per_segment`` > 0, the registry's preset): a target inside the history is
+  scored from the window of the L clicks before it, exactly as a history ending there would be.
 
 Caser reads the raw history (its last L clicks), so it is end-to-end: it keeps no state a store
 could hold, and `refresh` refuses it.
@@ -28,8 +29,15 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from cmrec.baselines.common import MLP, check_positive, pad_histories
-from cmrec.data.batch import Batch
+from cmrec.baselines.common import (
+    DENSE_SEGMENT,
+    MLP,
+    check_dense,
+    check_positive,
+    pad_histories,
+    prefix_windows,
+)
+from cmrec.data.batch import Batch, DenseTargets
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
 from cmrec.output import ModelNeeds, ModelOutput, RecModel
@@ -38,7 +46,9 @@ from cmrec.output import ModelNeeds, ModelOutput, RecModel
 @dataclass(frozen=True)
 class CaserConfig:
     """Args: item_dim (D); window (L, the paper's 5); horizontal (filters per height, 16);
-    vertical (filters, 4); dropout (0.5); mlp (the CTR MLP's hidden widths)."""
+    vertical (filters, 4); dropout (0.5); mlp (the CTR MLP's hidden widths); dense_per_segment,
+    dense_last_segments, sample_share: dense supervision as `CMConfig`'s (targets scored from the
+    window before them)."""
 
     item_dim: int = 64
     window: int = 5
@@ -46,8 +56,12 @@ class CaserConfig:
     vertical: int = 4
     dropout: float = 0.5
     mlp: tuple[int, ...] = (200, 80)
+    dense_per_segment: int = 0
+    dense_last_segments: int = 0
+    sample_share: float = 0.0
 
     def __post_init__(self) -> None:
+        check_dense("CaserConfig", self.dense_per_segment, self.dense_last_segments, self.sample_share)
         check_positive(
             "CaserConfig",
             item_dim=self.item_dim,
@@ -73,16 +87,28 @@ class CaserModel(RecModel):
         self.dropout = nn.Dropout(config.dropout)
         self.fc = nn.Linear(config.horizontal * window + config.vertical * d, d)
         self.mlp = MLP(3 * d, config.mlp)
-        self.needs = ModelNeeds()
+        self.needs = ModelNeeds(
+            dense_targets=DenseTargets.request(
+                DENSE_SEGMENT, config.dense_per_segment, config.dense_last_segments
+            )
+        )
 
     def forward(self, batch: Batch) -> ModelOutput:
         values, lengths = self.embeddings(batch.history)
         x, _ = pad_histories(values, lengths)  # (B, L_max, D), right-padded
         z = self.represent(last_window(x, lengths, self.config.window))[batch.history_index]
-        target = self.embeddings.lookup(batch.target_items, batch.target_categories)
-        logits = self.mlp(torch.cat([z, target, z * target], dim=-1)).squeeze(-1)
-        loss = functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        logits = self._logits(z, batch.target_items, batch.target_categories)
+        dense = None
+        targets = batch.history_targets
+        if targets is not None and len(targets):
+            windows = prefix_windows(x, targets.history_row, targets.position, self.config.window)
+            dense = self._logits(self.represent(windows), targets.items, targets.categories)
+        loss = batch.target_loss(logits, dense, self.config.sample_share)
         return ModelOutput(logits=logits, losses={"ctr": loss}, weights={"ctr": 1.0})
+
+    def _logits(self, z: torch.Tensor, items: torch.Tensor, categories: torch.Tensor | None) -> torch.Tensor:
+        target = self.embeddings.lookup(items, categories)  # (S, D)
+        return self.mlp(torch.cat([z, target, z * target], dim=-1)).squeeze(-1)
 
     def represent(self, window: torch.Tensor) -> torch.Tensor:
         """(B, L, D) windows -> (B, D) sequence representations z."""
@@ -96,8 +122,4 @@ class CaserModel(RecModel):
 def last_window(x: torch.Tensor, lengths: torch.Tensor, window: int) -> torch.Tensor:
     """(B, L_max, D) right-padded histories -> (B, window, D): each history's last `window` clicks,
     oldest first, zeros in front of a shorter history."""
-    start = lengths[:, None] - window + torch.arange(window, device=x.device)[None]  # (B, window)
-    valid = start >= 0
-    index = start.clamp(min=0, max=max(x.shape[1] - 1, 0))
-    picked = x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
-    return picked * valid[..., None]
+    return prefix_windows(x, torch.arange(x.shape[0], device=x.device), lengths, window)

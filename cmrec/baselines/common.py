@@ -102,6 +102,50 @@ def prefix_rows(states: torch.Tensor, targets: HistoryTargets) -> torch.Tensor:
     return states[targets.history_row, targets.position - 1]
 
 
+def prefix_windows(x: torch.Tensor, rows: torch.Tensor, ends: torch.Tensor, width: int) -> torch.Tensor:
+    """(H, L, D) right-padded histories -> (R, width, D): for each (row, end) pair the `width`
+    events before index `end` of history `row`, oldest first, zeros in front where there are fewer
+    (an end of a history's length gives its last `width` clicks)."""
+    start = ends[:, None] - width + torch.arange(width, device=x.device)[None]  # (R, width)
+    valid = start >= 0
+    index = start.clamp(min=0, max=max(x.shape[1] - 1, 0))
+    return x[rows[:, None], index] * valid[..., None]
+
+
+class PrefixPlan:
+    """The dense targets a click-by-click loop scores at each step: target j reads the state after
+    click ``position[j] - 1`` of its history (`HistoryTargets`).
+
+    The loop calls `snapshot` after every step; `logits` then scores the snapshots and returns the
+    logits in the targets' order.
+    """
+
+    def __init__(self, targets: HistoryTargets) -> None:
+        after = targets.position - 1
+        self.order = torch.argsort(after, stable=True)
+        steps, counts = torch.unique_consecutive(after[self.order], return_counts=True)
+        self._at = dict(zip(steps.tolist(), self.order.split(counts.tolist()), strict=True))
+        self._rows = targets.history_row
+        self._snaps: list[dict[str, torch.Tensor]] = []
+
+    def snapshot(self, step: int, state: dict[str, torch.Tensor]) -> None:
+        """Keep the state rows of the targets scored after click `step` (0-based)."""
+        chosen = self._at.get(step)
+        if chosen is not None:
+            rows = self._rows[chosen]
+            self._snaps.append({name: value[rows] for name, value in state.items()})
+
+    def states(self) -> dict[str, torch.Tensor]:
+        """The kept states, one row per target in `order` (every step's snapshot must be taken)."""
+        if len(self._snaps) != len(self._at):
+            raise RuntimeError(f"PrefixPlan: {len(self._snaps)} of {len(self._at)} steps were snapshot")
+        return {name: torch.cat([snap[name] for snap in self._snaps]) for name in self._snaps[0]}
+
+    def in_target_order(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits computed in `order` -> the targets' own order."""
+        return logits[torch.argsort(self.order)]
+
+
 def final_states(states: torch.Tensor, lengths: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
     """(B, T, H) per-step states of right-padded sequences -> (B, H): each one's state after its
     last real step, or `before` (B, H) where it has none (states past a sequence's end are never read)."""

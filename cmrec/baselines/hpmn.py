@@ -20,8 +20,10 @@ histories in front to a fixed length, which aligns them to the history's end ins
 padding through the GRUs). HPMN is then incremental by construction (`IncrementalModel`): its state
 is the J hidden states plus the number of clicks consumed, (J + 1) x H floats (J = 5, H = 64: 1,536
 bytes per user), written one click at a time (the count is exact in float32 up to 2^24 clicks).
-One target per user (no dense targets: a target inside the history would need every layer's state
-at its prefix).
+Dense targets (``dense_per_segment`` > 0, the registry's preset): a target after p clicks is scored
+from every layer's state at that prefix (layer j has then taken p // (p_1 ... p_{j-1}) inputs; its
+output there is read from the training forward's per-step outputs), as a candidate would be after
+writing those p clicks.
 """
 
 from __future__ import annotations
@@ -33,8 +35,16 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from cmrec.baselines.common import MLP, ClickByClick, check_positive, final_states, pad_histories
-from cmrec.data.batch import Batch
+from cmrec.baselines.common import (
+    DENSE_SEGMENT,
+    MLP,
+    ClickByClick,
+    check_dense,
+    check_positive,
+    final_states,
+    pad_histories,
+)
+from cmrec.data.batch import Batch, DenseTargets, HistoryTargets
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
 from cmrec.output import ModelNeeds, ModelOutput
@@ -54,6 +64,8 @@ class HPMNConfig:
         hops: attention reads of the memory.
         covariance_weight: weight of the covariance regulariser (0: off).
         mlp, attention_mlp: hidden widths of the output MLP (ELU) and the read attention (ReLU).
+        dense_per_segment, dense_last_segments, sample_share: dense supervision as `CMConfig`'s
+            (targets scored from every layer's state at their prefix).
     """
 
     item_dim: int = 64
@@ -63,8 +75,12 @@ class HPMNConfig:
     covariance_weight: float = 5e-5
     mlp: tuple[int, ...] = (200, 80)
     attention_mlp: tuple[int, ...] = (80, 40)
+    dense_per_segment: int = 0
+    dense_last_segments: int = 0
+    sample_share: float = 0.0
 
     def __post_init__(self) -> None:
+        check_dense("HPMNConfig", self.dense_per_segment, self.dense_last_segments, self.sample_share)
         check_positive("HPMNConfig", item_dim=self.item_dim, hidden=self.hidden, hops=self.hops, mlp=self.mlp)
         if any(p < 1 for p in self.periods):
             raise ConfigError(f"HPMNConfig: periods must be >= 1, got {self.periods}")
@@ -90,7 +106,12 @@ class HPMNModel(ClickByClick):
         self.hop_map = nn.Linear(h, h, bias=False)
         self.attention = MLP(4 * h, config.attention_mlp, activation="relu")
         self.mlp = MLP(h + config.item_dim, config.mlp, activation="elu")
-        self.needs = ModelNeeds(memory_shape=(config.layers + 1, h))
+        self.needs = ModelNeeds(
+            dense_targets=DenseTargets.request(
+                DENSE_SEGMENT, config.dense_per_segment, config.dense_last_segments
+            ),
+            memory_shape=(config.layers + 1, h),
+        )
 
     # ---- IncrementalModel: state (B, J + 1, H) = [layer states; (clicks consumed, 0, ...)] ----
 
@@ -107,12 +128,18 @@ class HPMNModel(ClickByClick):
 
     def forward(self, batch: Batch) -> ModelOutput:
         values, lengths = self.embeddings(batch.history)
-        x, mask = pad_histories(values, lengths)  # (B, L, D), (B, L)
-        state = self.consume(self.initial_memory(x.shape[0]), x, mask, lengths)
-        memory = state[:, : self.config.layers]  # (B, J, H)
+        x, _ = pad_histories(values, lengths)  # (B, L, D), (B, L)
+        start = self.initial_memory(x.shape[0])
+        finals, outputs = self._layers(start, x, lengths)
+        memory = torch.stack(finals, dim=1)  # (B, J, H)
         target = self.embeddings.lookup(batch.target_items, batch.target_categories)
         logits = self._logits(memory[batch.history_index], target)
-        losses = {"ctr": functional.binary_cross_entropy_with_logits(logits, batch.labels)}
+        dense = None
+        targets = batch.history_targets
+        if targets is not None and len(targets):
+            candidates = self.embeddings.lookup(targets.items, targets.categories)
+            dense = self._logits(self._prefix_memory(start, outputs, targets), candidates)
+        losses = {"ctr": batch.target_loss(logits, dense, self.config.sample_share)}
         weights = {"ctr": 1.0}
         if self.config.covariance_weight > 0:
             losses["covariance"] = covariance_penalty(memory)
@@ -129,19 +156,33 @@ class HPMNModel(ClickByClick):
         a period.
         """
         count = state[:, -1, 0].round().long()  # (B,) clicks consumed so far
+        layers, _ = self._layers(state, x, lengths)
+        new_count = (count + lengths).to(state.dtype)
+        counter = functional.pad(new_count[:, None], (0, self.config.hidden - 1))
+        return torch.cat([torch.stack(layers, dim=1), counter[:, None]], dim=1)
+
+    def _layers(
+        self, state: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """`consume`'s layers: each layer's (B, H) state after the clicks, and its (B, T_j, H)
+        outputs over its new inputs (None where it took none; past a user's own count, padding)."""
+        count = state[:, -1, 0].round().long()
         if int((count + lengths).max()) >= COUNT_LIMIT:
             raise ConfigError(
                 f"HPMN: a user's click count would reach {COUNT_LIMIT:,}, past float32's exact range"
             )
-        layers = []
+        layers: list[torch.Tensor] = []
+        per_step: list[torch.Tensor | None] = []
         inputs, steps, consumed = x, lengths, count
         for j, gru in enumerate(self.grus):
             h0 = state[:, j]
             if inputs.shape[1] == 0:
                 layers.append(h0)
+                per_step.append(None)
                 continue
             outputs, _ = gru(inputs, h0[None].contiguous())  # (B, T_j, H)
             layers.append(final_states(outputs, steps, h0))
+            per_step.append(outputs)
             if j == len(self.grus) - 1:
                 break
             period = self.config.periods[j]
@@ -155,9 +196,24 @@ class HPMNModel(ClickByClick):
             index = index.clamp(max=outputs.shape[1] - 1)  # past a user's `passed`: padding, never read
             inputs = outputs.gather(1, index[..., None].expand(-1, -1, outputs.shape[2]))
             consumed, steps = consumed // period, passed
-        new_count = (count + lengths).to(state.dtype)
-        counter = functional.pad(new_count[:, None], (0, self.config.hidden - 1))
-        return torch.cat([torch.stack(layers, dim=1), counter[:, None]], dim=1)
+        return layers, per_step
+
+    def _prefix_memory(
+        self, start: torch.Tensor, outputs: list[torch.Tensor | None], targets: HistoryTargets
+    ) -> torch.Tensor:
+        """(D, J, H): every layer's state after the clicks before each dense target, from the
+        per-step outputs of `_layers` run from `start` with no clicks consumed before."""
+        rows = targets.history_row
+        layers = []
+        for j, (out, every) in enumerate(zip(outputs, update_every(self.config), strict=True)):
+            before = start[rows, j]  # (D, H): the layer's state before any input
+            if out is None:  # no history of the batch is long enough to reach this layer
+                layers.append(before)
+                continue
+            taken = targets.position // every  # inputs the layer has taken after the prefix
+            picked = out[rows, (taken - 1).clamp(min=0)]
+            layers.append(torch.where((taken > 0)[:, None], picked, before))
+        return torch.stack(layers, dim=1)
 
     def _logits(self, memory: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(S, J, H) memories and (S, D) candidates -> (S,) logits: multi-hop read, then the MLP."""

@@ -32,8 +32,9 @@ non-click.
 
 MIMN is incremental by construction (`cmrec.output.IncrementalModel`): its state is
 [M; S; h; r; u] = (2m + 3) x D floats per user (m = 4, D = 64: 2,816 bytes), written one click at a
-time. Its training targets are XLong's (one per user); scoring targets inside the history would
-need the read step per target (not done: no dense targets).
+time. Dense targets (``dense_per_segment`` > 0, the registry's preset): a target inside the history
+is scored, as a candidate would be, from the state after the clicks before it (kept at that step
+of the loop, `PrefixPlan`).
 """
 
 from __future__ import annotations
@@ -45,13 +46,16 @@ from torch import nn
 from torch.nn import functional
 
 from cmrec.baselines.common import (
+    DENSE_SEGMENT,
     MLP,
     ClickByClick,
+    PrefixPlan,
+    check_dense,
     check_positive,
     next_click_loss,
     pad_histories,
 )
-from cmrec.data.batch import Batch
+from cmrec.data.batch import Batch, DenseTargets
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
 from cmrec.output import ModelNeeds, ModelOutput
@@ -71,6 +75,8 @@ class MIMNConfig:
         sharpness, clip: the addressing sharpness and the clip of head parameters and outputs.
         mlp, attention_mlp, aux_mlp: hidden widths of the CTR MLP, the MIU attention and the
             auxiliary network.
+        dense_per_segment, dense_last_segments, sample_share: dense supervision as `CMConfig`'s
+            (targets scored from the state after the click before them).
     """
 
     item_dim: int = 64
@@ -83,8 +89,12 @@ class MIMNConfig:
     mlp: tuple[int, ...] = (200, 80)
     attention_mlp: tuple[int, ...] = (80, 40)
     aux_mlp: tuple[int, ...] = (100, 50)
+    dense_per_segment: int = 0
+    dense_last_segments: int = 0
+    sample_share: float = 0.0
 
     def __post_init__(self) -> None:
+        check_dense("MIMNConfig", self.dense_per_segment, self.dense_last_segments, self.sample_share)
         check_positive("MIMNConfig", item_dim=self.item_dim, slots=self.slots, mlp=self.mlp)
         if self.slots > self.item_dim:
             raise ConfigError(f"MIMNConfig: slots ({self.slots}) must be <= item_dim ({self.item_dim})")
@@ -118,7 +128,13 @@ class MIMNModel(ClickByClick):
         self.mlp = MLP((4 if config.induction else 3) * d, config.mlp)
         self.auxiliary = MLP(2 * d, config.aux_mlp, activation="sigmoid") if config.aux_weight > 0 else None
         rows = 2 * m + 3 if config.induction else m + 3
-        self.needs = ModelNeeds(history_negatives=self.auxiliary is not None, memory_shape=(rows, d))
+        self.needs = ModelNeeds(
+            history_negatives=self.auxiliary is not None,
+            dense_targets=DenseTargets.request(
+                DENSE_SEGMENT, config.dense_per_segment, config.dense_last_segments
+            ),
+            memory_shape=(rows, d),
+        )
 
     # ---- the state: (B, rows, D) = [M (m); S (m, with induction); h; r; u (first m entries)] ----
 
@@ -170,11 +186,22 @@ class MIMNModel(ClickByClick):
         x, mask = pad_histories(values, lengths)  # (B, L, D), (B, L)
         start = self._unpack(self.initial_memory(x.shape[0]))
         with_aux = self.auxiliary is not None and self.training
-        state, outputs = self._run(start, x, mask, keep_utilisation_grad=True, with_outputs=with_aux)
+        targets = batch.history_targets
+        plan = PrefixPlan(targets) if targets is not None and len(targets) else None
+        state, outputs = self._run(
+            start, x, mask, keep_utilisation_grad=True, with_outputs=with_aux, plan=plan
+        )
         sample_state = {name: value[batch.history_index] for name, value in state.items()}
         target = self.embeddings.lookup(batch.target_items, batch.target_categories)
         logits = self._logits(sample_state, target)
-        losses = {"ctr": functional.binary_cross_entropy_with_logits(logits, batch.labels)}
+        dense = None
+        if plan is not None:
+            assert targets is not None
+            order = plan.order
+            categories = None if targets.categories is None else targets.categories[order]
+            candidates = self.embeddings.lookup(targets.items[order], categories)
+            dense = plan.in_target_order(self._logits(plan.states(), candidates))
+        losses = {"ctr": batch.target_loss(logits, dense, self.config.sample_share)}
         weights = {"ctr": 1.0}
         if self.utilisation is not None:
             losses["utilisation"] = _shares(state["u"]).var(dim=1, unbiased=False).mean()
@@ -192,10 +219,12 @@ class MIMNModel(ClickByClick):
         mask: torch.Tensor,
         keep_utilisation_grad: bool = False,
         with_outputs: bool = False,
+        plan: PrefixPlan | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """The cell over (B, L, D) clicks from `state`; (B, L) `mask` False leaves a state as it
         was. Returns the final state and, `with_outputs` (the auxiliary loss reads them), the
-        (B, L, D) outputs o_t; serving and a forward without that loss skip computing them."""
+        (B, L, D) outputs o_t; serving and a forward without that loss skip computing them. A
+        `plan` keeps the states its dense targets are scored from."""
         outputs = []
         for t in range(x.shape[1]):
             new = self.step(state, x[:, t], keep_utilisation_grad)
@@ -205,6 +234,8 @@ class MIMNModel(ClickByClick):
             }
             if with_outputs:
                 outputs.append(self._output(new["h"], new["r"]))
+            if plan is not None:
+                plan.snapshot(t, state)
         if not with_outputs:
             return state, None
         return state, torch.stack(outputs, dim=1) if outputs else x.new_zeros(x.shape)

@@ -111,7 +111,9 @@ CM_PRODUCT: dict[str, Any] = {
 # The paper's self-supervision beside the product: L_item and L_seq at a tenth of the paper's
 # weights, their fragment inputs kept off the item tables (the best of the settings measured).
 RECALL: dict[str, Any] = {"lambda_item": 0.1, "lambda_seq": 0.05, "recall_trains_embeddings": False}
-# The end-to-end baselines whose state after every event is free get the same dense targets.
+# The baselines whose state (or window) at every prefix is cheap to read get the same dense targets
+# as cm (avg-pool, GRU4REC, MIMN, HPMN, Caser, RUM). DIEN does not: its interest evolution is
+# conditioned on the target, a full AUGRU pass per dense target.
 DENSE_BASELINE: dict[str, Any] = {"dense_per_segment": CM_PRODUCT["dense_per_segment"]}
 
 REGISTRY: dict[str, ModelEntry] = {
@@ -141,13 +143,20 @@ REGISTRY: dict[str, ModelEntry] = {
     "dien": ModelEntry(DIENConfig, {}, _build_dien, "DIEN: GRU extractor + auxiliary loss + AUGRU"),
     "gru4rec": ModelEntry(GRU4RecConfig, DENSE_BASELINE, _build_gru4rec, "GRU4REC as a CTR model"),
     "mimn": ModelEntry(
-        MIMNConfig, {}, _build_mimn, "MIMN: NTM memory + Memory Induction Unit + utilisation regulariser"
+        MIMNConfig,
+        DENSE_BASELINE,
+        _build_mimn,
+        "MIMN: NTM memory + Memory Induction Unit + utilisation regulariser",
     ),
     "hpmn": ModelEntry(
-        HPMNConfig, {}, _build_hpmn, "HPMN: periodic hierarchical GRU memories + multi-hop read"
+        HPMNConfig, DENSE_BASELINE, _build_hpmn, "HPMN: periodic hierarchical GRU memories + multi-hop read"
     ),
-    "caser": ModelEntry(CaserConfig, {}, _build_caser, "Caser: convolutions over the last 5 clicks"),
-    "rum": ModelEntry(RUMConfig, {}, _build_rum, "RUM, item level: attention over the 20 latest clicks"),
+    "caser": ModelEntry(
+        CaserConfig, DENSE_BASELINE, _build_caser, "Caser: convolutions over the last 5 clicks"
+    ),
+    "rum": ModelEntry(
+        RUMConfig, DENSE_BASELINE, _build_rum, "RUM, item level: attention over the 20 latest clicks"
+    ),
     "avg-pool": ModelEntry(
         AvgPoolConfig, DENSE_BASELINE, _build_avg_pool, "mean-pooled history + MLP (the floor)"
     ),

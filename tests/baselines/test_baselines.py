@@ -198,12 +198,13 @@ def test_rum_reads_only_the_latest_clicks(data: ClickLogData) -> None:
     model = build_model("rum", DataSpec.from_vocabs(data.vocabs), {**SMALL["rum"], "slots": 3})
     assert isinstance(model, RUMModel)
     x, lengths, target = torch.randn(2, 7, 16), torch.tensor([7, 2]), torch.randn(2, 16)
-    base = model.read(x, lengths, target)
+    rows = torch.arange(2)
+    base = model.read(x, rows, lengths, target)
     older, recent = x.clone(), x.clone()
     older[0, 3] += 1.0  # the 4th latest of 7 clicks
     recent[0, 5] += 1.0
-    assert_close(model.read(older, lengths, target), base)
-    assert (model.read(recent, lengths, target)[0] - base[0]).abs().max() > 1e-3
+    assert_close(model.read(older, rows, lengths, target), base)
+    assert (model.read(recent, rows, lengths, target)[0] - base[0]).abs().max() > 1e-3
     padded = x.clone()
     padded[1, 2:] = 99.0  # past the end of the 2-click history
-    assert_close(model.read(padded, lengths, target), base)
+    assert_close(model.read(padded, rows, lengths, target), base)

@@ -1,6 +1,6 @@
 """Dense supervision in the models: each dense target is scored exactly as a sample whose history
-ends where the target's state does (CM: at the segment boundary before it; the end-to-end
-baselines: at the event before it), and the reason/ctr loss averages over samples and targets."""
+ends where the target's state does (CM: at the segment boundary before it; the baselines: at the
+event before it), and the reason/ctr loss averages over samples and targets."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ SMALL: dict[str, dict[str, Any]] = {
     "cm-only-reason": {**TINY, "dense_per_segment": 3, "dense_horizon": 0},  # any earlier memory
     "gru4rec": {"item_dim": 8, "hidden": 8, "mlp": (16,), "dense_per_segment": 3},
     "avg-pool": {"item_dim": 8, "mlp": (16,), "dense_per_segment": 20, "dense_last_segments": 1},
+    # The paper's other baselines: MIMN's loop keeps the state at each target's step, HPMN reads
+    # every layer's output at the prefix, Caser and RUM their windows (and RUM its mean) before it.
+    "mimn": {"item_dim": 8, "mlp": (16,), "attention_mlp": (8,), "dense_per_segment": 3},
+    "hpmn": {"item_dim": 8, "hidden": 8, "mlp": (16,), "attention_mlp": (8,), "dense_per_segment": 4},
+    "caser": {"item_dim": 8, "mlp": (16,), "dense_per_segment": 3},
+    "rum": {"item_dim": 8, "mlp": (16,), "slots": 6, "dense_per_segment": 3},
 }
 
 
