@@ -8,6 +8,9 @@ models incremental by construction (GRU4REC, MIMN, HPMN) scoring from a store of
 (``<name>_from_store``, with their bytes per user); refresh throughput
 for a backfill of whole histories and for a steady-state refresh of one new segment per user;
 store read / write latency; bytes per user (float32 and float16 memories) against the raw history.
+With ``--store redis://HOST:PORT/DB/NAME`` also the Redis backend beside SQLite in the same run
+(``backends``): store reads and writes, the steady-state refresh and CM's scoring latency from each,
+and their ratios (scratch store names NAME.bench-*, refused if they exist, dropped afterwards).
 Models have the paper's sizes and random weights: latency does not depend on the weights.
 """
 
@@ -31,10 +34,20 @@ from cmrec.data import SplitConfig, build_from_events, validate_events
 from cmrec.data.batch import CATEGORY_KEY, ITEM_KEY, Batch
 from cmrec.data.dataset import Vocabularies
 from cmrec.data.synthetic import SyntheticConfig, generate
+from cmrec.errors import ConfigError
 from cmrec.models import ContinualMemoryModel, DataSpec, build_model
 from cmrec.output import IncrementalModel
 from cmrec.serving import Refresher, Scorer, ServedModel, UserEvents, model_fingerprint
-from cmrec.store import MemoryDtype, MemoryStore, UserState
+from cmrec.store import (
+    AnyStore,
+    MemoryDtype,
+    MemoryStore,
+    RedisLocation,
+    RedisStore,
+    UserState,
+    read_store_info,
+)
+from cmrec.store.location import store_argument
 
 USERS_PER_GROUP = 8
 STORE_USERS = 2000
@@ -55,9 +68,18 @@ def add_serving_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--candidates", type=int, default=100, help="candidates per request (100)")
     group.add_argument("--requests", type=int, default=50, help="timed requests per model and L (50)")
+    group.add_argument(
+        "--store",
+        type=store_argument,
+        help="also measure this Redis server beside SQLite: redis://HOST:PORT/DB/NAME (scratch stores "
+        "NAME.bench-*, refused if they exist, dropped afterwards; password from $CMREC_REDIS_PASSWORD)",
+    )
 
 
 def run_serving(args: argparse.Namespace) -> dict[str, Any]:
+    redis_location = getattr(args, "store", None)
+    if redis_location is not None and not isinstance(redis_location, RedisLocation):
+        raise ConfigError("bench --serving --store takes a redis:// address (SQLite is always measured)")
     torch.manual_seed(args.seed)
     longest = max(args.lengths) + PENDING
     events = generate(SyntheticConfig(users=2 * USERS_PER_GROUP, length=longest, seed=args.seed)).events()
@@ -83,6 +105,9 @@ def run_serving(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(row)
         store = _bench_store(served, Path(scratch), rng)
         steady = _bench_steady(served, events, Path(scratch))
+        backends = None
+        if redis_location is not None:
+            backends = _bench_backends(served, events, candidates, args, Path(scratch), redis_location)
     cm_p50 = {row["length"]: row["latency_ms"]["cm"]["p50"] for row in rows}
     targets = {}
     if 100 in cm_p50 and 10_000 in cm_p50:
@@ -102,6 +127,7 @@ def run_serving(args: argparse.Namespace) -> dict[str, Any]:
         "store": store,
         "refresh_steady_state": steady,
         "targets": targets,
+        **({"backends": backends} if backends is not None else {}),
     }
 
 
@@ -200,8 +226,11 @@ def _bench_length(
     }
 
 
-def _bench_steady(served: ServedModel, events: pd.DataFrame, scratch: Path) -> dict[str, Any]:
-    """STEADY_USERS users each receive one new segment (20 clicks) on top of a stored memory."""
+def _bench_steady(
+    served: ServedModel, events: pd.DataFrame, scratch: Path, store: AnyStore | None = None
+) -> dict[str, Any]:
+    """STEADY_USERS users each receive one new segment (20 clicks) on top of a stored memory (in a
+    new folder store under `scratch`, or in `store`)."""
     n = served.model.write_len
     per_user = events[events.groupby("user_id").cumcount() < 2 * n]
     frames = []
@@ -211,7 +240,9 @@ def _bench_steady(served: ServedModel, events: pd.DataFrame, scratch: Path) -> d
         frames.append(frame)
     both = validate_events(pd.concat(frames, ignore_index=True))
     rank = both.groupby("user_id").cumcount()
-    with MemoryStore(scratch / "steady", served.store_info(), create=True) as store:
+    if store is None:
+        store = MemoryStore(scratch / "steady", served.store_info(), create=True)
+    with store:
         refresher = Refresher(served, store)  # default batch of 256 users
         refresher.refresh(UserEvents.from_events(both[rank < n], served.vocabs, "bench"), show_progress=False)
         second = refresher.refresh(
@@ -269,22 +300,9 @@ def _rates(stats: Any) -> dict[str, float]:
 
 def _bench_store(served: ServedModel, scratch: Path, rng: np.random.Generator) -> dict[str, Any]:
     """Read / write latency and bytes on disk of STORE_USERS users, for float32 and float16 memories."""
-    rows, dim = served.state_shape
     result: dict[str, Any] = {"users": STORE_USERS}
     for dtype in ("float32", "float16"):
-        states = [
-            UserState(
-                user_id=f"user-{i}",
-                memory=torch.from_numpy(rng.standard_normal((rows, dim)).astype(np.float32)),
-                pending_items=rng.integers(2, 100, size=10).astype(np.int32),
-                pending_categories=rng.integers(2, 10, size=10).astype(np.int32),
-                watermark_time=int(1e9) + i,
-                watermark_items=(str(i),),
-                events=1000,
-                fingerprint=served.fingerprint,
-            )
-            for i in range(STORE_USERS)
-        ]
+        states = _random_states(served, rng)
         result[dtype] = _bench_store_dtype(served, scratch / f"store-{dtype}", dtype, states)
     return result
 
@@ -293,22 +311,105 @@ def _bench_store_dtype(
     served: ServedModel, path: Path, dtype: MemoryDtype, states: list[UserState]
 ) -> dict[str, Any]:
     rows, dim = served.state_shape
-    ids = [s.user_id for s in states]
     with MemoryStore(path, served.store_info(dtype), create=True) as store:
-        write = _timed_many(lambda i: store.put_many(states[i * 100 : (i + 1) * 100]), len(states) // 100)
-        write_one = _timed_many(lambda i: store.put_many([states[i]]), 50)
-        read_one = _timed_many(lambda i: store.get_many([ids[(i * 37) % len(ids)]]), 200)
-        read_batch = _timed_many(lambda i: store.get_many(ids[i * 100 : (i + 1) * 100]), len(ids) // 100)
+        timings = _store_timings(store, states)
         store.checkpoint()  # fold the write-ahead log into the database before measuring its size
         on_disk = store.file_bytes()
     return {
         "memory_bytes_per_user": rows * dim * (4 if dtype == "float32" else 2),
         "file_bytes_per_user": round(on_disk / len(states), 1),
-        "write_100_users_ms": write,
-        "write_1_user_ms": write_one,
-        "read_1_user_ms": read_one,
-        "read_100_users_ms": read_batch,
+        **timings,
     }
+
+
+def _store_timings(store: AnyStore, states: list[UserState]) -> dict[str, Any]:
+    ids = [s.user_id for s in states]
+    write = _timed_many(lambda i: store.put_many(states[i * 100 : (i + 1) * 100]), len(states) // 100)
+    return {
+        "write_100_users_ms": write,
+        "write_1_user_ms": _timed_many(lambda i: store.put_many([states[i]]), 50),
+        "read_1_user_ms": _timed_many(lambda i: store.get_many([ids[(i * 37) % len(ids)]]), 200),
+        "read_100_users_ms": _timed_many(
+            lambda i: store.get_many(ids[i * 100 : (i + 1) * 100]), len(ids) // 100
+        ),
+    }
+
+
+def _random_states(served: ServedModel, rng: np.random.Generator) -> list[UserState]:
+    rows, dim = served.state_shape
+    return [
+        UserState(
+            user_id=f"user-{i}",
+            memory=torch.from_numpy(rng.standard_normal((rows, dim)).astype(np.float32)),
+            pending_items=rng.integers(2, 100, size=10).astype(np.int32),
+            pending_categories=rng.integers(2, 10, size=10).astype(np.int32),
+            watermark_time=int(1e9) + i,
+            watermark_items=(str(i),),
+            events=1000,
+            fingerprint=served.fingerprint,
+        )
+        for i in range(STORE_USERS)
+    ]
+
+
+def _bench_backends(
+    served: ServedModel,
+    events: pd.DataFrame,
+    candidates: np.ndarray,
+    args: argparse.Namespace,
+    scratch: Path,
+    location: RedisLocation,
+) -> dict[str, Any]:
+    """The same measurements on a folder store and on the Redis server, in this one run: store
+    reads and writes (float32), the steady-state refresh, CM scoring 100 candidates from the store
+    for users with 1,000 stored clicks; and Redis / SQLite ratios of the p50s and rates."""
+    names = {part: location.with_name(f"{location.name}.bench-{part}") for part in ("rw", "steady", "score")}
+    taken = [str(n) for n in names.values() if read_store_info(n) is not None]
+    if taken:
+        raise ConfigError(f"bench --store: {', '.join(taken)} already exist(s); give another store name")
+    info = served.store_info()
+
+    def folder(part: str) -> AnyStore:
+        return MemoryStore(scratch / f"backend-{part}", info, create=True)
+
+    def redis(part: str) -> AnyStore:
+        return RedisStore(names[part], info, create=True)
+
+    users = events["user_id"].unique()[:USERS_PER_GROUP]
+    rank = events.groupby("user_id").cumcount().to_numpy()
+    history = validate_events(events[events["user_id"].isin(users).to_numpy() & (rank < 1000)])
+    result: dict[str, Any] = {"users": STORE_USERS, "score_history_length": 1000}
+    try:
+        for backend, open_one in (("sqlite", folder), ("redis", redis)):
+            with open_one("rw") as store:
+                row = _store_timings(store, _random_states(served, np.random.default_rng(args.seed)))
+            row["refresh_steady_state"] = _bench_steady(served, events, scratch, open_one("steady"))
+            with open_one("score") as store:
+                Refresher(served, store, batch_users=USERS_PER_GROUP).refresh(
+                    UserEvents.from_events(history, served.vocabs, "bench"), show_progress=False
+                )
+                row["score_100_candidates_ms"] = _latency(
+                    _score_from(Scorer(served, store), candidates), users, args.requests
+                )
+            result[backend] = row
+    finally:
+        for name in names.values():
+            if read_store_info(name) is not None:
+                with RedisStore(name) as store:
+                    store.drop()
+    sqlite, redis_row = result["sqlite"], result["redis"]
+    ratios = {
+        key: round(redis_row[key]["p50"] / max(sqlite[key]["p50"], 1e-9), 2)
+        for key in ("read_1_user_ms", "read_100_users_ms", "write_100_users_ms", "score_100_candidates_ms")
+    }
+    ratios["refresh_users_per_second"] = round(
+        redis_row["refresh_steady_state"]["users_per_second"]
+        / max(sqlite["refresh_steady_state"]["users_per_second"], 1e-9),
+        2,
+    )
+    result["redis_over_sqlite"] = ratios
+    result["redis_server"] = str(location)
+    return result
 
 
 def _timed_many(call: Callable[[int], object], repeats: int) -> dict[str, float]:
@@ -361,4 +462,22 @@ def print_serving(result: dict[str, Any]) -> None:
             f"per user; read 1 user {s['read_1_user_ms']['p50']:.3f} ms, 100 users "
             f"{s['read_100_users_ms']['p50']:.2f} ms; write 100 users {s['write_100_users_ms']['p50']:.2f} ms"
         )
+    backends = result.get("backends")
+    if backends is not None:
+        print(
+            f"store backends ({backends['users']:,} users; p50/p99 ms), Redis at {backends['redis_server']}:"
+        )
+        for name in ("sqlite", "redis"):
+            b = backends[name]
+
+            def pair(key: str, b: dict[str, Any] = b) -> str:
+                return f"{b[key]['p50']:.3f}/{b[key]['p99']:.3f}"
+
+            print(
+                f"  {name:>6}: read 1 user {pair('read_1_user_ms')}, 100 users {pair('read_100_users_ms')}; "
+                f"write 100 users {pair('write_100_users_ms')}; refresh "
+                f"{b['refresh_steady_state']['users_per_second']:,.0f} users/s; score 100 candidates "
+                f"{pair('score_100_candidates_ms')}"
+            )
+        print(f"  redis / sqlite: {json.dumps(backends['redis_over_sqlite'])}")
     print(f"targets: {json.dumps(result['targets'])}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,16 @@ from cmrec.eval.metrics import ctr_metrics
 from cmrec.pipelines._common import run_command
 from cmrec.pipelines._data import add_data_arguments, load_data
 from cmrec.serving import Refresher, Scorer, ServedModel, UserEvents
-from cmrec.store import MEMORY_DTYPES, MemoryStore
+from cmrec.store import (
+    MEMORY_DTYPES,
+    AnyStore,
+    MemoryStore,
+    RedisLocation,
+    RedisStore,
+    StoreInfo,
+    read_store_info,
+)
+from cmrec.store.location import store_argument
 from cmrec.train import evaluate_split
 from cmrec.train.checkpoint import CHECKPOINT, load_checkpoint
 
@@ -47,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "serving does (refresh a scratch store with each history, score from it) with states "
         "stored in DTYPE (float32, float16, bfloat16), and report those metrics",
     )
+    parser.add_argument(
+        "--scratch-store",
+        type=store_argument,
+        help="with --via-store: the scratch store, redis://HOST:PORT/DB/NAME to measure the Redis "
+        "backend (NAME.DTYPE must not exist; dropped afterwards); default: a temporary folder",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         raise CmrecError(f"{args.run}: no such run folder")
     if args.via_store and args.events is None:
         raise CmrecError("--via-store needs --events (the log whose test samples are scored)")
+    if args.scratch_store is not None and not args.via_store:
+        raise CmrecError("--scratch-store is the scratch store of --via-store; give --via-store DTYPE")
+    if args.scratch_store is not None and not isinstance(args.scratch_store, RedisLocation):
+        raise CmrecError("--scratch-store takes a redis:// address (the default is a temporary folder)")
     model, vocabs, payload = load_checkpoint(args.run / CHECKPOINT)
     data, source = load_data(args, training=False, vocabs=vocabs)
     if len(data.test) == 0:
@@ -99,17 +120,37 @@ def _via_store(args: argparse.Namespace, data: ClickLogData, batch_scores: np.nd
     users = events[USER].astype(str).to_numpy()[offsets[:-1]][test.sequence]
     results = {}
     for dtype in args.via_store:
-        with tempfile.TemporaryDirectory(prefix="cmrec-evaluate-") as scratch:
-            with MemoryStore(Path(scratch), served.store_info(dtype), create=True) as store:
-                refresher = Refresher(served, store)
-                refresher.refresh(UserEvents.from_events(history, served.vocabs, str(args.events)))
-                scorer = Scorer(served, store)
-                scores = scorer.score_indices(list(users), test.target_item, test.target_category)
+        with _scratch(args.scratch_store, served.store_info(dtype), dtype) as store:
+            refresher = Refresher(served, store)
+            refresher.refresh(UserEvents.from_events(history, served.vocabs, str(args.events)))
+            scorer = Scorer(served, store)
+            scores = scorer.score_indices(list(users), test.target_item, test.target_category)
         probabilities = scores.probabilities
         metrics = ctr_metrics(test.label, probabilities, data.histories.users[test.sequence])
         difference = float(np.abs(probabilities - batch_scores).max())
         results[dtype] = {**metrics, "max_abs_probability_difference": difference}
     return results
+
+
+@contextmanager
+def _scratch(location: RedisLocation | None, info: StoreInfo, dtype: str) -> Iterator[AnyStore]:
+    """A new, empty store for one --via-store dtype, removed afterwards: a temporary folder, or
+    store NAME.DTYPE on the Redis server (refused if it exists: never someone's real store)."""
+    if location is None:
+        with (
+            tempfile.TemporaryDirectory(prefix="cmrec-evaluate-") as folder,
+            MemoryStore(Path(folder), info, create=True) as store,
+        ):
+            yield store
+        return
+    scratch = location.with_name(f"{location.name}.{dtype}")
+    if read_store_info(scratch) is not None:
+        raise CmrecError(f"--scratch-store: {scratch} already exists; name a scratch store that does not")
+    with RedisStore(scratch, info, create=True) as store:
+        try:
+            yield store
+        finally:
+            store.drop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,11 +6,14 @@ rest to the user's pending clicks and writes every complete N-click segment into
 the run's own incremental update, batched across users, one store transaction per batch. New
 users start from the learned initial memory.
 
-The store is a folder of SQLite partitions (users routed by a stable hash of their id).
-``--num-workers W`` runs W processes on this machine, worker w owning partitions p with
-p % W == w; under ``torchrun`` (RANK and WORLD_SIZE set) each process is one such worker, on any
-number of machines sharing the store folder. ``--rebuild`` recomputes every memory from a full
-event log (after retraining) into a new folder and swaps it in at the end.
+The store is a folder of SQLite partitions (users routed by a stable hash of their id), or a store
+on a Redis server (``--store redis://HOST:PORT/DB/NAME``, ``rediss://`` for TLS, the password in
+$CMREC_REDIS_PASSWORD), where every batch is one atomic compare-and-set script and any number of
+workers on any machines may refresh at once. ``--num-workers W`` runs W processes on this
+machine, worker w owning partitions p with p % W == w; under ``torchrun`` (RANK and WORLD_SIZE
+set) each process is one such worker, on any number of machines sharing the store.
+``--rebuild`` recomputes every memory of a folder store from a full event log (after retraining)
+into a new folder and swaps it in at the end (a Redis store is rebuilt under a new name).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from cmrec.jobs import refresh_store
 from cmrec.pipelines._common import run_command
 from cmrec.store import MEMORY_DTYPES
+from cmrec.store.location import STORE_HELP, store_argument
 from cmrec.train.distributed import torchrun_world
 
 DESCRIPTION = "Apply new click events to the per-user memories of a store (incremental, idempotent)."
@@ -36,11 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "`cmrec train`",
     )
     parser.add_argument("--events", type=Path, required=True, help="new events (.parquet or .csv)")
-    parser.add_argument("--store", type=Path, required=True, help="memory store folder (created if missing)")
+    parser.add_argument(
+        "--store", type=store_argument, required=True, help=f"{STORE_HELP}; created if missing"
+    )
     parser.add_argument(
         "--rebuild",
         action="store_true",
-        help="recompute every memory from --events (a full log) into a new store and swap it in",
+        help="recompute every memory from --events (a full log) into a new store folder and swap it in "
+        "(folder stores; a Redis store is rebuilt under a new name)",
     )
     parser.add_argument(
         "--dtype",
@@ -48,7 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="precision of a new store's memories (default float32); an existing store keeps its own",
     )
     parser.add_argument(
-        "--partitions", type=int, help="partitions of a new store (default: --num-workers); fixed afterwards"
+        "--partitions",
+        type=int,
+        help="partitions of a new store (default: --num-workers); fixed afterwards. On Redis Cluster a "
+        "partition is one hash slot: use several per primary",
     )
     parser.add_argument("--num-workers", type=int, help="worker processes on this machine (default 1)")
     parser.add_argument("--batch-users", type=int, default=256, help="users per batch and transaction (256)")

@@ -21,6 +21,7 @@ from cmrec.data.schema import USER
 from cmrec.errors import CmrecError
 from cmrec.jobs import score_requests
 from cmrec.pipelines._common import run_command
+from cmrec.store.location import STORE_HELP, store_argument
 
 DESCRIPTION = "Score (user, item) requests from stored memories; write them with a score column."
 
@@ -32,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="run folder the store was refreshed with (cm and its variants, gru4rec, mimn, hpmn)",
     )
-    parser.add_argument("--store", type=Path, required=True, help="memory store folder (`cmrec refresh`)")
+    parser.add_argument(
+        "--store", type=store_argument, required=True, help=f"{STORE_HELP} (written by `cmrec refresh`)"
+    )
     parser.add_argument("--requests", type=Path, required=True, help="requests (.parquet or .csv)")
     parser.add_argument("--out", type=Path, required=True, help="output file (.parquet or .csv)")
     parser.add_argument(

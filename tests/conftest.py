@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -31,3 +32,17 @@ def tiny_events() -> pd.DataFrame:
             "category_id": ["x", "x", "y", "y", "z", "z", "x", "x", "w"],
         }
     )
+
+
+@pytest.fixture(scope="session")
+def redis_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """HOST:PORT of a real Redis server: `.ci/run`'s (CMREC_TEST_REDIS), else one started here."""
+    given = os.environ.get("CMREC_TEST_REDIS")
+    if given:
+        yield given
+        return
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server.address
+    server.stop()

@@ -57,3 +57,27 @@ def test_bench_serving_measures_latency_refresh_and_store(tmp_path: Path) -> Non
     )
     assert store["float16"]["file_bytes_per_user"] < store["float32"]["file_bytes_per_user"] < 2 * 5632
     assert result["targets"] == {}  # L = 100 and 10,000 (and 1,000) were not both measured
+
+
+def test_bench_serving_measures_redis_beside_sqlite(tmp_path: Path, redis_address: str) -> None:
+    from cmrec.store import parse_store, read_store_info
+    from tests.redis_server import store_url
+
+    url = store_url(redis_address, "bench")
+    out = tmp_path / "serving.json"
+    argv = ["bench", "--serving", "--lengths", "20", "--requests", "3", "--candidates", "10", "--store", url]
+    assert cli.main([*argv, "--out", str(out)]) == 0
+    backends = json.loads(out.read_text())["backends"]
+    assert backends["redis_server"] == url and backends["users"] == 2000
+    for name in ("sqlite", "redis"):
+        row = backends[name]
+        for key in ("read_1_user_ms", "read_100_users_ms", "write_100_users_ms", "score_100_candidates_ms"):
+            assert row[key]["p99"] >= row[key]["p50"] > 0, (name, key)
+        assert row["refresh_steady_state"]["segments"] == row["refresh_steady_state"]["users"] == 2048
+    ratios = backends["redis_over_sqlite"]
+    assert ratios["read_1_user_ms"] == round(
+        backends["redis"]["read_1_user_ms"]["p50"] / backends["sqlite"]["read_1_user_ms"]["p50"], 2
+    )
+    for part in ("rw", "steady", "score"):  # the scratch stores were dropped
+        assert read_store_info(parse_store(f"{url}.bench-{part}")) is None
+    assert cli.main(["bench", "--serving", "--store", str(tmp_path / "folder"), "--out", str(out)]) == 2

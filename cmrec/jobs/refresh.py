@@ -1,4 +1,5 @@
-"""`refresh_store`: apply an event file to the memories of a store folder (SQLite partitions).
+"""`refresh_store`: apply an event file to the memories of a store: a folder of SQLite partitions
+or a store on a Redis server (`cmrec.store.parse_store`).
 
 Reads an event log (the training schema; each user's rows in time order), drops the events a user
 has already consumed (at or below their watermark: rerunning a file changes nothing), appends the
@@ -8,13 +9,20 @@ the run's own incremental update, batched across users, one store transaction pe
 Worker w of W owns the partitions p with p % W == w (`PartitionRouter`): `workers` > 1 starts W
 processes on this machine; a job started W times (torchrun, Spark) passes each its `rank` and
 `world`. `rebuild` recomputes every memory from a full log into a new folder and swaps it in.
+
+A folder store serialises writers with file locks (`store_lock`, `writer_locks`: one machine); a
+Redis store needs none: each batch is one optimistic compare-and-set script (`RedisStore`), so
+workers on any number of machines may share it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -29,15 +37,18 @@ from cmrec.serving.model import ServedModel
 from cmrec.serving.refresh import Refresher, RefreshStats
 from cmrec.store import (
     MemoryDtype,
-    MemoryStore,
     PartitionRouter,
+    RedisLocation,
     StoreInfo,
+    StoreLocation,
     existing_partitions,
+    memory_store,
     partition_path,
     read_store_info,
     store_lock,
     writer_locks,
 )
+from cmrec.store.redis_store import REBUILD_HINT
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,7 @@ class _Job:
 
     run: Path
     events: Path
-    store: Path
+    store: StoreLocation
     info: StoreInfo
     rank: int
     world: int
@@ -66,7 +77,7 @@ class _Job:
 def refresh_store(
     run: Path,
     events: Path,
-    store: Path,
+    store: StoreLocation,
     *,
     rebuild: bool = False,
     dtype: MemoryDtype | None = None,
@@ -99,13 +110,17 @@ def refresh_store(
         )
     if batch_users < 1:
         raise CmrecError(f"--batch-users must be >= 1, got {batch_users}")
+    if rebuild and isinstance(store, RedisLocation):
+        raise CmrecError(f"--rebuild of a Redis store ({store}): {REBUILD_HINT}")
     served = ServedModel.load(run)
-    with store_lock(store, exclusive=rebuild):
+    with _store_lock(store, exclusive=rebuild):
         # Validate the whole input before touching the store: bad input leaves it unchanged.
         user_events = _read(events, served)
-        target = store.with_name(store.name + ".rebuild") if rebuild else store
-        if rebuild and target.exists():
-            shutil.rmtree(target)  # a leftover of an interrupted rebuild
+        target = store
+        if rebuild and isinstance(store, Path):
+            target = store.with_name(store.name + ".rebuild")
+            if target.exists():
+                shutil.rmtree(target)  # a leftover of an interrupted rebuild
         info = _store_info(served, target, dtype, partitions, world)
         router = PartitionRouter(info.partitions)
         checked = list(range(info.partitions)) if workers is not None else router.owned(rank, world)
@@ -116,10 +131,25 @@ def refresh_store(
             stats = _run_workers(job)
         else:
             stats = _refresh(job, served, user_events)
-        if rebuild:
+        if rebuild and isinstance(store, Path) and isinstance(target, Path):
             # One step (`swap_in`): a scorer or a kill at any moment finds the old or the new store.
             swap_in(target, store)
     return RefreshResult(stats, info)
+
+
+def _store_lock(store: StoreLocation, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+    """A folder store's job lock (`store_lock`); a Redis store needs none."""
+    return nullcontext() if isinstance(store, RedisLocation) else store_lock(store, exclusive)
+
+
+@contextmanager
+def _writer_locks(store: StoreLocation, owned: list[int], partitions: int) -> Iterator[None]:
+    """A folder store's partition locks (`writer_locks`); a Redis store's batches compare and set."""
+    if isinstance(store, RedisLocation):
+        yield
+        return
+    with writer_locks(store, owned, partitions):
+        yield
 
 
 def _read(events: Path, served: ServedModel) -> UserEvents:
@@ -127,11 +157,14 @@ def _read(events: Path, served: ServedModel) -> UserEvents:
 
 
 def _store_info(
-    served: ServedModel, target: Path, dtype: MemoryDtype | None, partitions: int | None, world: int
+    served: ServedModel, target: StoreLocation, dtype: MemoryDtype | None, partitions: int | None, world: int
 ) -> StoreInfo:
     """The layout of the store: an existing store's own, else the options' (checked for sense)."""
-    found = existing_partitions(target)
     stored = read_store_info(target)
+    if isinstance(target, Path):
+        found = existing_partitions(target)
+    else:
+        found = None if stored is None else stored.partitions
     if found is not None and stored is not None:
         if dtype and dtype != stored.dtype:
             raise CmrecError(
@@ -149,14 +182,22 @@ def _store_info(
 
 
 def _check_store(
-    served: ServedModel, events: UserEvents, target: Path, info: StoreInfo, owned: list[int], batch_users: int
+    served: ServedModel,
+    events: UserEvents,
+    target: StoreLocation,
+    info: StoreInfo,
+    owned: list[int],
+    batch_users: int,
 ) -> None:
     """Fingerprint, layout and every stored row the input touches, before the first write."""
-    present = [p for p in owned if partition_path(target, p, info.partitions).is_file()]
+    if isinstance(target, Path):
+        present = [p for p in owned if partition_path(target, p, info.partitions).is_file()]
+    else:
+        present = owned if read_store_info(target) is not None else []
     if not present:
         return
     rows, _ = PartitionRouter(info.partitions).select(events.user_ids, present)
-    with MemoryStore(target, info, owned=present) as store:
+    with memory_store(target, info, owned=present) as store:
         Refresher(served, store, batch_users).check(events.select(rows))
 
 
@@ -166,8 +207,8 @@ def _refresh(job: _Job, served: ServedModel, events: UserEvents) -> RefreshStats
     owned = router.owned(job.rank, job.world)
     mine, partition = router.select(events.user_ids, owned)
     with (
-        writer_locks(job.store, owned, job.info.partitions),
-        MemoryStore(job.store, job.info, owned=owned, create=True) as store,
+        _writer_locks(job.store, owned, job.info.partitions),
+        memory_store(job.store, job.info, owned=owned, create=True) as store,
     ):
         refresher = Refresher(served, store, job.batch_users)
         return refresher.refresh(events.select(mine), groups=partition, show_progress=job.progress)

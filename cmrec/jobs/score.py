@@ -19,7 +19,7 @@ from cmrec.progress import progress
 from cmrec.serving.events import UserEvents
 from cmrec.serving.model import ServedModel
 from cmrec.serving.scorer import PendingPolicy, Scorer
-from cmrec.store import open_store
+from cmrec.store import StoreLocation, open_store
 from cmrec.train.checkpoint import CHECKPOINT, load_checkpoint
 from cmrec.train.loop import predict
 from cmrec.train.runner import history_negatives
@@ -37,14 +37,14 @@ class ScoredRequests:
 
 def score_requests(
     run: Path,
-    store: Path,
+    store: StoreLocation,
     requests: pd.DataFrame,
     pending: PendingPolicy = "write",
     batch_size: int = 8192,
 ) -> ScoredRequests:
     """Score `requests` (``user_id``, ``item_id``[, ``category_id``], as `read_requests` returns
-    them) with the incremental run `run` (cm, gru4rec, mimn, hpmn) from the states of store folder `store`;
-    no history is read."""
+    them) with the incremental run `run` (cm, gru4rec, mimn, hpmn) from the states of `store` (a
+    folder or a Redis store); no history is read."""
     if batch_size < 1:
         raise CmrecError(f"--batch-size must be >= 1, got {batch_size}")
     served = ServedModel.load(run)

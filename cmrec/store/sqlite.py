@@ -24,6 +24,7 @@ from cmrec.store.state import (
     StoreError,
     StoreInfo,
     UserState,
+    check_info,
     checksum,
     decode_memory,
     decode_pending,
@@ -159,25 +160,13 @@ class SqlitePartition:
             raise StoreError(f"{self.path}: holds partition {meta.get('partition')}, expected {index}")
         if expected is None:
             return info
-        if info.fingerprint != expected.fingerprint:
-            raise StoreError(
-                f"{self.path}: holds memories written by model {info.model!r} (fingerprint "
-                f"{info.fingerprint[:12]}), not by this run ({expected.model!r}, fingerprint "
-                f"{expected.fingerprint[:12]}). Memories of another model cannot be reused: rebuild them "
-                "from the full event log with `cmrec refresh --run RUN_DIR --events FULL_LOG --store "
-                "STORE --rebuild`"
-            )
-        mismatched = [
-            name
-            for name in ("slots", "memory_dim", "segment_len", "has_categories", "partitions")
-            if getattr(info, name) != getattr(expected, name)
-        ]
-        if mismatched:
-            name = mismatched[0]
-            raise StoreError(
-                f"{self.path}: {name} is {getattr(info, name)!r} in the store, {getattr(expected, name)!r} "
-                "expected; rebuild the store with `cmrec refresh ... --rebuild`"
-            )
+        check_info(
+            str(self.path),
+            info,
+            expected,
+            "rebuild them from the full event log with `cmrec refresh --run RUN_DIR --events FULL_LOG "
+            "--store STORE --rebuild`",
+        )
         return info
 
     # -- reads ---------------------------------------------------------------------------------

@@ -158,3 +158,23 @@ class StoreInfo:
             raise StoreError(f"memory dtype must be one of {', '.join(MEMORY_DTYPES)}, got {self.dtype!r}")
         if self.partitions < 1:
             raise StoreError(f"partitions must be >= 1, got {self.partitions}")
+
+
+REBUILD_HINT = "rebuild the store with `cmrec refresh ... --rebuild`"
+
+
+def check_info(where: str, stored: StoreInfo, expected: StoreInfo, rebuild: str = REBUILD_HINT) -> None:
+    """Refuse a store whose recorded model or layout is not what the caller's model expects (the
+    same messages for every backend; `where` names the store, `rebuild` says how to start over)."""
+    if stored.fingerprint != expected.fingerprint:
+        raise StoreError(
+            f"{where}: holds memories written by model {stored.model!r} (fingerprint "
+            f"{stored.fingerprint[:12]}), not by this run ({expected.model!r}, fingerprint "
+            f"{expected.fingerprint[:12]}). Memories of another model cannot be reused: {rebuild}"
+        )
+    for name in ("slots", "memory_dim", "segment_len", "has_categories", "partitions"):
+        if getattr(stored, name) != getattr(expected, name):
+            raise StoreError(
+                f"{where}: {name} is {getattr(stored, name)!r} in the store, {getattr(expected, name)!r} "
+                f"expected; {rebuild}"
+            )
