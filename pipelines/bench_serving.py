@@ -382,7 +382,14 @@ def _bench_backends(
     try:
         for backend, open_one in (("sqlite", folder), ("redis", redis)):
             with open_one("rw") as store:
+                before = store.server_memory() if isinstance(store, RedisStore) else 0
                 row = _store_timings(store, _random_states(served, np.random.default_rng(args.seed)))
+                if isinstance(store, RedisStore):  # what the server holds per user: sizing
+                    row["server_bytes_per_user"] = round((store.server_memory() - before) / len(store), 1)
+                    row["value_bytes_per_user"] = round(store.value_bytes() / len(store), 1)
+                else:
+                    store.checkpoint()
+                    row["file_bytes_per_user"] = round(store.file_bytes() / len(store), 1)
             row["refresh_steady_state"] = _bench_steady(served, events, scratch, open_one("steady"))
             with open_one("score") as store:
                 Refresher(served, store, batch_users=USERS_PER_GROUP).refresh(
@@ -473,8 +480,10 @@ def print_serving(result: dict[str, Any]) -> None:
             def pair(key: str, b: dict[str, Any] = b) -> str:
                 return f"{b[key]['p50']:.3f}/{b[key]['p99']:.3f}"
 
+            size = b.get("server_bytes_per_user", b.get("file_bytes_per_user"))
             print(
-                f"  {name:>6}: read 1 user {pair('read_1_user_ms')}, 100 users {pair('read_100_users_ms')}; "
+                f"  {name:>6}: {size:,.0f} B/user; read 1 user {pair('read_1_user_ms')}, 100 users "
+                f"{pair('read_100_users_ms')}; "
                 f"write 100 users {pair('write_100_users_ms')}; refresh "
                 f"{b['refresh_steady_state']['users_per_second']:,.0f} users/s; score 100 candidates "
                 f"{pair('score_100_candidates_ms')}"

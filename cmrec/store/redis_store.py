@@ -441,6 +441,10 @@ class RedisStore:
             total += sum(self._call(pipe.execute))
         return total
 
+    def server_memory(self) -> int:
+        """The server's ``used_memory`` in bytes (INFO memory): for sizing, as a difference."""
+        return int(self._call(lambda: self._client.info("memory"))["used_memory"])
+
     def drop(self) -> int:
         """Delete the whole store (every user and the meta key); returns how many users it held."""
         users = 0

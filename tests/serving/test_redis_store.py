@@ -170,6 +170,39 @@ def test_foreign_keys_are_refused_and_nothing_is_written(redis_address: str) -> 
     client.close()
 
 
+def test_refresh_into_foreign_keys_exits_2_and_writes_nothing(
+    tmp_path: Path, redis_address: str, run_dir: Path, log: pd.DataFrame, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = tmp_path / "events.parquet"
+    log.to_parquet(events)
+    url = store_url(redis_address)
+    location = parse_store(url)
+    assert isinstance(location, RedisLocation)
+    client = redis.Redis(host=location.host, port=location.port)
+    meta = f"cmrec:{{{location.name}}}:meta"
+    client.hset(meta, "owner", "another application")  # the store's meta key, another type
+    assert cli.main(refresh_argv(run_dir, events, url)) == 2
+    assert "holds another type of value" in capsys.readouterr().err
+    assert client.keys(f"cmrec:{{{location.name}*") == [meta.encode()]  # nothing else written
+    client.delete(meta)
+    assert cli.main(refresh_argv(run_dir, events, url, "--partitions", "1")) == 0
+    user = str(log["user_id"].iloc[0])
+    victim = f"cmrec:{{{location.name}:p00000}}:u:{user}"
+    client.set(victim, b"not ours")
+    before = states_without(location, user)
+    assert cli.main(refresh_argv(run_dir, events, url)) == 2  # the check reads the user: refused
+    assert "not a cmrec memory value" in capsys.readouterr().err
+    assert client.get(victim) == b"not ours" and states_without(location, user) == before
+    client.close()
+
+
+def states_without(location: RedisLocation, user: str) -> dict[str, tuple[Any, ...]]:
+    """`states` of every user but `user` (whose key holds a foreign value)."""
+    with RedisStore(location) as store:
+        ids = [u for u in store._members(0) if u != user]
+        return {u: (s.memory.numpy().tobytes(), s.events) for u, s in store.get_many(ids).items()}
+
+
 def test_damaged_value_is_one_clear_error(redis_address: str) -> None:
     location = parse_store(store_url(redis_address))
     assert not isinstance(location, Path)
