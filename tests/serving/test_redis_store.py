@@ -274,6 +274,10 @@ def test_redis_equals_folder_chunks_equal_whole_and_reruns_change_nothing(
     assert cli.main(refresh_argv(run_dir, whole_file, url, "--partitions", "3")) == 0
     assert f"store {url} (3 partition(s)" in capsys.readouterr().out
     assert states(parse_store(url)) == states(folder)  # the same bytes, the same bookkeeping
+    workers = store_url(redis_address)  # two worker processes, each owning its partitions
+    two = ["--partitions", "3", "--num-workers", "2"]
+    assert cli.main(refresh_argv(run_dir, whole_file, workers, *two)) == 0
+    assert states(parse_store(workers)) == states(folder)
 
     chunks = tmp_path / "chunks"
     bounds = np.linspace(0, len(log), 4).astype(int)
