@@ -5,6 +5,7 @@
 #   bench/table5.sh demo [MODEL...]        # the demo data: 1,000 users x 400 clicks, 2 epochs
 #   bench/table5.sh movielens [MODEL...]   # MovieLens-1M: --max-len 200, 3 epochs
 #   MLFLOW_TRACKING_URI=sqlite:///runs/table5/demo.db cmrec compare --experiment table5-demo
+#   .venv/bin/python bench/table5_table.py runs/table5   # the table, from the run folders
 #
 # Resumable: a run whose folder already holds metrics.json is skipped. SEEDS (default "0 1 2"),
 # STUDY (default runs/table5) and THREADS (torch threads per run, default 1: two streams share
