@@ -8,8 +8,8 @@ from pathlib import Path
 
 from cmrec.store import folder
 from cmrec.store.location import RedisLocation, StoreLocation
-from cmrec.store.redis_store import RedisStore
-from cmrec.store.state import MemoryDtype, StoreError, StoreInfo
+from cmrec.store.redis_store import NoStoreError, RedisStore
+from cmrec.store.state import MemoryDtype, StoreInfo
 
 AnyStore = folder.MemoryStore | RedisStore
 
@@ -44,7 +44,5 @@ def read_store_info(location: StoreLocation) -> StoreInfo | None:
     try:
         with RedisStore(location) as existing:
             return existing.info
-    except StoreError as exc:
-        if "no memory store here" in str(exc):
-            return None
-        raise
+    except NoStoreError:
+        return None

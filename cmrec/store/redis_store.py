@@ -119,6 +119,10 @@ return deleted
 """
 
 
+class NoStoreError(StoreError):
+    """No store exists under this name yet (its meta key is absent)."""
+
+
 def _redis() -> Any:
     try:
         import redis
@@ -202,7 +206,7 @@ class RedisStore:
         if meta is None:
             if not create:
                 self._client.close()
-                raise StoreError(f"{location}: no memory store here (run `cmrec refresh` to build one)")
+                raise NoStoreError(f"{location}: no memory store here (run `cmrec refresh` to build one)")
             if info is None:
                 self._client.close()
                 raise StoreError(f"{location}: creating a store needs the model's StoreInfo")
@@ -349,10 +353,9 @@ class RedisStore:
             f"{self.location} --user {user_id}`)"
         )
         try:
-            state, version = decode_state(value, self._shape, self.info)
+            state, _ = decode_state(value, self._shape, self.info)
         except ValueError as exc:
             raise StoreError(f"{self.location}: user {user_id!r}: damaged value ({exc}); {remedy}") from exc
-        del version
         if state.user_id != user_id:
             raise StoreError(
                 f"{self.location}: the key of user {user_id!r} holds user {state.user_id!r}; {remedy}"
