@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from types import FrameType
 
 from cmrec.errors import CmrecError
@@ -38,17 +39,24 @@ def run(args: argparse.Namespace) -> int:
     uri = args.store or tracking_uri()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port), "--workers", "1"]
-    server = subprocess.Popen(command, start_new_session=True)  # its own process group
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    # Both signals are ours before the server starts. SIGINT explicitly so: a shell starts a
+    # background job (`cmrec ui &` in a script) with SIGINT ignored, Python then leaves it
+    # ignored, and Ctrl-C would stop the script but leave the server running.
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server = subprocess.Popen(command, start_new_session=True)  # its own process group
+    except BaseException:
+        _restore(previous)
+        raise
     print(
         f"MLflow UI on http://{args.host}:{args.port} (store {uri}; process group {server.pid}); "
         "Ctrl-C stops it",
         flush=True,
     )
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
     try:
         code = server.wait()
         return 0 if code == 0 else 1
@@ -56,9 +64,15 @@ def run(args: argparse.Namespace) -> int:
         _stop_group(server)
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
         if server.poll() is None:
             _stop_group(server)
+
+
+def _restore(previous: Mapping[signal.Signals, signal._HANDLER]) -> None:
+    for sig, handler in previous.items():
+        if handler is not None:  # None: a handler not installed from Python, nothing to restore
+            signal.signal(sig, handler)
 
 
 def _stop_group(server: subprocess.Popen[bytes]) -> None:

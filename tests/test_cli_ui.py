@@ -45,6 +45,9 @@ def test_ui_serves_the_front_page_and_ctrl_c_stops_every_process(tmp_path: Path)
         env=env,
         cwd=tmp_path,
         start_new_session=True,
+        # Started as a shell starts a background job (`cmrec ui &`): SIGINT ignored, which Python
+        # keeps unless the command installs its own handler. Ctrl-C must stop it all the same.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert ui.stdout is not None
