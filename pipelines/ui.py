@@ -52,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         _restore(previous)
         raise
-    print(
-        f"MLflow UI on http://{args.host}:{args.port} (store {uri}; process group {server.pid}); "
-        "Ctrl-C stops it",
-        flush=True,
-    )
     try:
+        print(
+            f"MLflow UI on http://{args.host}:{args.port} (store {uri}; process group {server.pid}); "
+            "Ctrl-C stops it",
+            flush=True,
+        )
         code = server.wait()
         return 0 if code == 0 else 1
     except KeyboardInterrupt:
