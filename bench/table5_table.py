@@ -11,6 +11,7 @@ floors of the same test targets.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -90,5 +91,17 @@ def main(study: Path) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench/table5_table.py",
+        description="The Table 5 analogue, as Markdown (one table per data set), "
+        "from the run folders of bench/table5.sh.",
+    )
+    parser.add_argument(
+        "study", nargs="?", type=Path, default=Path("runs/table5"), help="study folder (default runs/table5)"
+    )
+    return main(parser.parse_args(argv).study)
+
+
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/table5")))
+    sys.exit(cli())

@@ -50,7 +50,10 @@ def test_table_is_mean_std_ranked_beside_the_paper(
     assert "| dien | 2 (seeds 0,1) | 0.7100 ± 0.0141 | 2 |" in out
     assert "0.8702 (2) |" in out and "0.8793 (1) |" in out  # the paper ranks DIEN above GRU4REC
     assert "| floor: category in whole history | 2 | 0.8050 ± 0.0071 |" in out
-    assert _table_module().main(tmp_path / "nothing") == 2
+    assert _table_module().cli([str(tmp_path / "nothing")]) == 2
+    with pytest.raises(SystemExit) as helped:  # --help is help, not a study folder
+        _table_module().cli(["--help"])
+    assert helped.value.code == 0 and "study folder" in capsys.readouterr().out
 
 
 def test_study_script_refuses_an_unknown_stream(tmp_path: Path) -> None:
