@@ -65,3 +65,16 @@ def test_study_script_refuses_an_unknown_stream(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2 and "must be demo or movielens, got 'xlong'" in done.stderr
+
+
+def test_the_docs_tables_are_the_committed_run_records(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/results.md's two Table 5 tables are, row for row, what the builder makes of the study's
+    run records kept in bench/results/table5 (so the published figures can be traced and rebuilt)."""
+    assert _table_module().main(ROOT / "bench" / "results" / "table5") == 0
+    built = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    docs = (ROOT / "docs" / "results.md").read_text()
+    section = docs[docs.index("### The paper's Table 5 analogue") :]
+    section = section[: section.index("\nRead it honestly:")]
+    published = [line for line in section.splitlines() if line.startswith("| ")]
+    assert len(built) == 2 * (2 + 9 + 3)  # two data sets: header, rule, 9 models, 3 floors
+    assert published == built
