@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from types import FrameType
 
 from cmrec.errors import CmrecError
@@ -47,32 +46,23 @@ def run(args: argparse.Namespace) -> int:
     # background job (`cmrec ui &` in a script) with SIGINT ignored, Python then leaves it
     # ignored, and Ctrl-C would stop the script but leave the server running.
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server: subprocess.Popen[bytes] | None = None
     try:
         server = subprocess.Popen(command, start_new_session=True)  # its own process group
-    except BaseException:
-        _restore(previous)
-        raise
-    try:
         print(
             f"MLflow UI on http://{args.host}:{args.port} (store {uri}; process group {server.pid}); "
             "Ctrl-C stops it",
             flush=True,
         )
-        code = server.wait()
-        return 0 if code == 0 else 1
+        return 0 if server.wait() == 0 else 1
     except KeyboardInterrupt:
-        _stop_group(server)
         return 0
     finally:
-        _restore(previous)
-        if server.poll() is None:
+        if server is not None and server.poll() is None:
             _stop_group(server)
-
-
-def _restore(previous: Mapping[signal.Signals, signal._HANDLER]) -> None:
-    for sig, handler in previous.items():
-        if handler is not None:  # None: a handler not installed from Python, nothing to restore
-            signal.signal(sig, handler)
+        for sig, handler in previous.items():
+            if handler is not None:  # None: a handler not installed from Python, nothing to restore
+                signal.signal(sig, handler)
 
 
 def _stop_group(server: subprocess.Popen[bytes]) -> None:
