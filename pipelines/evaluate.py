@@ -24,7 +24,7 @@ from cmrec.data.events import read_events
 from cmrec.data.samples import concat_ranges
 from cmrec.data.schema import USER
 from cmrec.errors import CmrecError
-from cmrec.eval.metrics import ctr_metrics
+from cmrec.eval.metrics import auc_sensitivity, ctr_metrics
 from cmrec.pipelines._common import run_command
 from cmrec.pipelines._data import add_data_arguments, load_data
 from cmrec.serving import Refresher, Scorer, ServedModel, UserEvents
@@ -128,7 +128,12 @@ def _via_store(args: argparse.Namespace, data: ClickLogData, batch_scores: np.nd
         probabilities = scores.probabilities
         metrics = ctr_metrics(test.label, probabilities, data.histories.users[test.sequence])
         difference = float(np.abs(probabilities - batch_scores).max())
-        results[dtype] = {**metrics, "max_abs_probability_difference": difference}
+        results[dtype] = {
+            **metrics,
+            "max_abs_probability_difference": difference,
+            # The most that difference can move the AUC: the two AUCs must agree within it.
+            "auc_sensitivity": auc_sensitivity(test.label, batch_scores, difference),
+        }
     return results
 
 

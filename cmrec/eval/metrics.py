@@ -23,6 +23,27 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def auc_sensitivity(labels: np.ndarray, scores: np.ndarray, delta: float) -> float:
+    """The most the AUC of `scores` can move when every score moves by at most `delta`.
+
+    Only a (positive, negative) pair whose scores are within 2 * delta of each other can change
+    order, and each such pair moves the AUC by at most 1 / (positives * negatives). This is how two
+    paths that agree to float rounding (the store and the batch path, or one computation on two
+    CPUs) are compared: their AUCs may differ by this much and no more.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if delta < 0 or not np.isfinite(delta):
+        raise DataValidationError(f"delta must be a finite number >= 0, got {delta}")
+    positives, negatives = scores[labels == 1], np.sort(scores[labels != 1])
+    if delta == 0 or positives.size == 0 or negatives.size == 0:
+        return 0.0
+    close = np.searchsorted(negatives, positives + 2 * delta, side="right") - np.searchsorted(
+        negatives, positives - 2 * delta, side="left"
+    )
+    return float(close.sum() / (positives.size * negatives.size))
+
+
 def gauc(labels: np.ndarray, scores: np.ndarray, users: np.ndarray) -> float:
     """Impression-weighted mean of per-user AUC, over users that have both labels."""
     frame = pd.DataFrame({"label": labels, "score": scores, "user": users})

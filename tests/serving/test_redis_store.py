@@ -39,14 +39,23 @@ from cmrec.store import (
 )
 from cmrec.store.redis_store import MAGIC
 from tests.redis_server import RedisServer, free_port, store_url
-from tests.serving.conftest import make_run, refresh_argv, stream
+from tests.serving.conftest import (
+    MEMORY_TOLERANCE,
+    assert_same_store,
+    bookkeeping,
+    make_run,
+    refresh_argv,
+    snapshot,
+    stream,
+)
 from tests.serving.test_batch_path import requests_of
 
 FORK = multiprocessing.get_context("fork")
 
 
 def states(location: StoreLocation) -> dict[str, tuple[Any, ...]]:
-    """Every stored user as comparable values (memory bytes exactly), by user id."""
+    """Every stored user as comparable values, memory bytes exactly, by user id: what a store holds
+    when nothing was written since (`assert_same_store` compares two computations of it)."""
     with memory_store(location) as store:
         return {
             s.user_id: (
@@ -273,11 +282,11 @@ def test_redis_equals_folder_chunks_equal_whole_and_reruns_change_nothing(
     assert cli.main(refresh_argv(run_dir, whole_file, folder, "--partitions", "3")) == 0
     assert cli.main(refresh_argv(run_dir, whole_file, url, "--partitions", "3")) == 0
     assert f"store {url} (3 partition(s)" in capsys.readouterr().out
-    assert states(parse_store(url)) == states(folder)  # the same bytes, the same bookkeeping
+    assert_same_store(parse_store(url), folder)  # the same bookkeeping, the same memories
     workers = store_url(redis_address)  # two worker processes, each owning its partitions
     two = ["--partitions", "3", "--num-workers", "2"]
     assert cli.main(refresh_argv(run_dir, whole_file, workers, *two)) == 0
-    assert states(parse_store(workers)) == states(folder)
+    assert_same_store(parse_store(workers), folder)  # worker processes: other threads, other batches
 
     chunks = tmp_path / "chunks"
     bounds = np.linspace(0, len(log), 4).astype(int)
@@ -285,13 +294,8 @@ def test_redis_equals_folder_chunks_equal_whole_and_reruns_change_nothing(
     for i, (a, b) in enumerate(itertools.pairwise(bounds)):
         log.iloc[a:b].to_parquet(chunks.with_name(f"chunk{i}.parquet"))
         assert cli.main(refresh_argv(run_dir, chunks.with_name(f"chunk{i}.parquet"), chunked)) == 0
-    whole, pieces = states(parse_store(url)), states(parse_store(chunked))
-    assert sorted(whole) == sorted(pieces)
-    for user, value in whole.items():
-        assert pieces[user][1:] == value[1:]  # pending, watermark, events, fingerprint exactly
-        np.testing.assert_allclose(
-            np.frombuffer(pieces[user][0], np.float32), np.frombuffer(value[0], np.float32), atol=1e-5
-        )
+    # Bookkeeping exactly, memories to 1e-5 (one partition against three).
+    assert_same_store(parse_store(chunked), parse_store(url), same_partitions=False)
     before = states(parse_store(chunked))
     for i in (0, 2):  # re-delivered files, and the whole log again
         assert cli.main(refresh_argv(run_dir, chunks.with_name(f"chunk{i}.parquet"), chunked)) == 0
@@ -344,7 +348,10 @@ def test_evaluate_via_a_redis_scratch_store(
     assert cli.main([*base, "--scratch-store", url, "--out", str(tmp_path / "redis.json")]) == 0
     folder = pd.read_json(tmp_path / "folder.json", typ="series")["via_store"]["float32"]
     remote = pd.read_json(tmp_path / "redis.json", typ="series")["via_store"]["float32"]
-    assert remote["auc"] == folder["auc"] and remote["max_abs_probability_difference"] <= 1e-5
+    for result in (folder, remote):
+        assert result["max_abs_probability_difference"] <= 1e-5
+    bound = remote["auc_sensitivity"] + folder["auc_sensitivity"]  # both against the batch path
+    assert abs(remote["auc"] - folder["auc"]) <= bound < 1e-3
     with pytest.raises(StoreError, match="no memory store here"):
         RedisStore(parse_store(url + ".float32"))  # dropped afterwards
 
@@ -382,7 +389,7 @@ def test_sigkill_at_random_points_then_rerun_equals_uninterrupted(
     rerun = _start(refresh_argv(run_dir, events, url, *flags))
     rerun.join(120)
     assert rerun.exitcode == 0
-    assert states(parse_store(url)) == states(parse_store(reference))  # nothing lost, nothing twice
+    assert_same_store(parse_store(url), parse_store(reference))  # nothing lost, nothing twice
     assert {u: s[5] for u, s in states(parse_store(url)).items()} == (
         log["user_id"].astype(str).value_counts().to_dict()
     )
@@ -399,7 +406,7 @@ def test_server_killed_mid_refresh_then_rerun_completes(tmp_path: Path, run_dir:
         log.to_parquet(events)
         reference = store_url(server.address, "reference")
         refresh_store(run_dir, events, parse_store(reference), batch_users=3, progress=False)
-        expected = states(parse_store(reference))
+        expected = snapshot(parse_store(reference))
         outcomes = []
         for round_, target in enumerate((15, 45, 90)):
             url = store_url(server.address, f"crash{round_}")
@@ -420,7 +427,7 @@ def test_server_killed_mid_refresh_then_rerun_completes(tmp_path: Path, run_dir:
                 rerun = _start(refresh_argv(run_dir, events, url, "--batch-users", "3"))
                 rerun.join(120)
                 assert rerun.exitcode == 0
-            assert states(parse_store(url)) == expected
+            assert_same_store(parse_store(url), expected)
         print(f"refresh exit codes after the server was killed: {outcomes}")
     finally:
         server.stop()
@@ -471,12 +478,14 @@ def test_concurrent_workers_and_a_reader_see_whole_users(
     whole = tmp_path / "whole.parquet"
     log.to_parquet(whole)
     refresh_store(run_dir, whole, parse_store(reference), batch_users=2, progress=False)
-    expected = states(parse_store(reference))
+    expected = snapshot(parse_store(reference))
+    atol = MEMORY_TOLERANCE[expected.info.dtype]
 
     def same(user: str, state: UserState) -> None:
-        assert state.events == expected[user][5], f"{user}: {state.events} events: half a refresh"
-        memory = np.frombuffer(expected[user][0], np.float32).reshape(state.memory.shape)
-        np.testing.assert_allclose(state.memory.numpy(), memory, atol=1e-6)  # batches of other users
+        got = bookkeeping(state)
+        assert got == expected.bookkeeping[user], f"{user}: {got}: half a refresh"
+        memory = expected.memories[user]  # other threads, batches of other users: to float rounding
+        np.testing.assert_allclose(state.memory.numpy(), memory, rtol=0, atol=atol)
 
     url = store_url(redis_address, "live")
     reports = [tmp_path / "a.txt", tmp_path / "b.txt"]
@@ -509,6 +518,6 @@ def test_concurrent_workers_and_a_reader_see_whole_users(
         assert min(applied) > 0  # they met: each job applied some users, the other dropped them
     else:
         assert applied == [len(frame) for frame in frames]
-        assert states(parse_store(url)) == expected  # the same batches as one job: the same bytes
+    assert_same_store(parse_store(url), expected)  # as one job, to float rounding (other batches)
     print(f"overlap={overlap}: {reads} reads, {partial} while some users were written; applied {applied}")
     assert reads > 3 and partial > 0
