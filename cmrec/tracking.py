@@ -16,7 +16,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow
 import pandas as pd
-from torch import nn
 
 from cmrec.errors import CmrecError
 
@@ -25,6 +24,7 @@ OWNER_HOST, OWNER_PID = "cmrec.host", "cmrec.pid"  # who started a run, to end i
 DEFAULT_EXPERIMENT = "cmrec"
 # Logged with the model so that `mlflow.pytorch.log_model` never resolves requirements itself.
 MODEL_REQUIREMENTS = ["torch==2.13.0", "torchrec==1.8.0", "fbgemm-gpu-cpu==1.8.0", "cmrec"]
+LOADER_MODULE = "cmrec.mlflow_model"  # the logged model's code: installed cmrec, never the artifact
 
 
 def tracking_uri() -> str:
@@ -79,12 +79,54 @@ class RunTracker:
     def log_artifact(self, path: Path) -> None:
         mlflow.log_artifact(str(path))
 
-    def log_model(self, model: nn.Module) -> None:
-        import mlflow.pytorch
+    def log_model(self, checkpoint: Path) -> None:
+        """Log the run's model: its weights-only `checkpoint` loaded by `cmrec.mlflow_model` (an
+        `mlflow.pyfunc` model with no pickle in it; see that module)."""
+        import mlflow.pyfunc
 
-        mlflow.pytorch.log_model(
-            model, name="model", pip_requirements=MODEL_REQUIREMENTS, serialization_format="pickle"
+        if not checkpoint.is_file():
+            raise CmrecError(f"{checkpoint}: no checkpoint to log with the MLflow run")
+        mlflow.pyfunc.log_model(
+            name="model",
+            loader_module=LOADER_MODULE,
+            data_path=str(checkpoint),
+            pip_requirements=MODEL_REQUIREMENTS,
         )
+
+
+def load_logged_model(model_uri: str) -> Any:
+    """The `cmrec.mlflow_model.LoggedModel` that `cmrec train` logged at `model_uri` (e.g.
+    ``runs:/RUN_ID/model``), loaded only if the artifact is one cmrec wrote: its MLmodel file names
+    no flavor but `python_function` with cmrec's loader, so loading runs no code from the artifact
+    (`mlflow.pyfunc.load_model` would import whatever loader an edited MLmodel file names)."""
+    import yaml
+    from mlflow.artifacts import download_artifacts
+
+    from cmrec import mlflow_model
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        local = Path(download_artifacts(artifact_uri=model_uri))
+        meta = yaml.safe_load((local / "MLmodel").read_text())
+    except Exception as exc:  # MLflow, OS and YAML errors all mean the same to a user
+        raise CmrecError(f"{model_uri}: cannot read the logged model ({type(exc).__name__}: {exc})") from exc
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    pyfunc = flavors.get("python_function") if isinstance(flavors, dict) else None
+    if (
+        not isinstance(flavors, dict)
+        or set(flavors) != {"python_function"}
+        or not isinstance(pyfunc, dict)
+        or pyfunc.get("loader_module") != LOADER_MODULE
+        or pyfunc.get("code")
+    ):
+        raise CmrecError(
+            f"{model_uri}: not a model cmrec logged (its MLmodel file names other flavors or another "
+            f"loader than {LOADER_MODULE}); not loaded"
+        )
+    data = (local / str(pyfunc.get("data", ""))).resolve()
+    if not data.is_relative_to(local.resolve()):
+        raise CmrecError(f"{model_uri}: the model's data path leaves the artifact; not loaded")
+    return mlflow_model._load_pyfunc(str(data))
 
 
 def _end_orphans(experiment_id: str) -> list[str]:

@@ -12,9 +12,11 @@ import pandas as pd
 import torch
 
 from cmrec.data.batch import Collator
+from cmrec.data.dataset import Vocabularies
 from cmrec.data.samples import Histories, Samples
 from cmrec.data.schema import CATEGORY, ITEM, USER
 from cmrec.errors import CmrecError
+from cmrec.output import RecModel
 from cmrec.progress import progress
 from cmrec.serving.events import UserEvents
 from cmrec.serving.model import ServedModel
@@ -80,6 +82,20 @@ def score_histories(
     if batch_size < 1:
         raise CmrecError(f"batch_size must be >= 1, got {batch_size}")
     model, vocabs, _ = load_checkpoint(run / CHECKPOINT)
+    return score_histories_with(model, vocabs, events, requests, source, batch_size)
+
+
+def score_histories_with(
+    model: RecModel,
+    vocabs: Vocabularies,
+    events: pd.DataFrame,
+    requests: pd.DataFrame,
+    source: str = "events",
+    batch_size: int = 256,
+) -> np.ndarray:
+    """`score_histories` with a loaded model and its vocabularies (`load_checkpoint`)."""
+    if batch_size < 1:
+        raise CmrecError(f"batch_size must be >= 1, got {batch_size}")
     grouped = UserEvents.from_events(events, vocabs, source)
     row_of = {user: row for row, user in enumerate(grouped.user_ids)}
     users = requests[USER].astype(str)

@@ -15,6 +15,7 @@ from cmrec.data.dataset import Vocabularies
 from cmrec.errors import CmrecError
 from cmrec.models.registry import DataSpec, build_model, model_config
 from cmrec.output import RecModel
+from cmrec.safe_load import load_weights_only
 
 FORMAT = 1
 CHECKPOINT = "checkpoint.pt"
@@ -52,10 +53,7 @@ def load_checkpoint(path: Path) -> tuple[RecModel, Vocabularies, dict[str, Any]]
 
 
 def read_payload(path: Path) -> dict[str, Any]:
-    try:
-        payload: dict[str, Any] = torch.load(path, weights_only=True)
-    except Exception as exc:  # torch raises several types for a damaged file
-        raise CmrecError(f"{path}: cannot read the checkpoint: {exc}") from exc
+    payload: dict[str, Any] = load_weights_only(path, path)  # runs no code from the file
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else None
         raise CmrecError(f"{path}: checkpoint format {found!r}, expected {FORMAT}")

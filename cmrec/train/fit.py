@@ -240,7 +240,7 @@ def _test(
         summary["mlflow"] = {"uri": tracker.uri, "experiment": tracker.experiment, "run_id": tracker.run_id}
     write_run_files(spec.out, spec.name, summary, test)
     if tracker is not None:
-        log_run(tracker, summary, spec.out, runner.plain_model())
+        log_run(tracker, summary, spec.out)
     return summary
 
 

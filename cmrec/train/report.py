@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from cmrec.atomic import write_json
 from cmrec.eval.heuristics import heuristic_floors
 from cmrec.eval.plots import forgetting_figure, losses_figure, roc_figure, save
 from cmrec.tracking import RunTracker
+from cmrec.train.checkpoint import CHECKPOINT
 from cmrec.train.evaluation import PREDICTIONS, SplitEvaluation, write_predictions
 
 if TYPE_CHECKING:
@@ -66,12 +65,13 @@ def write_run_files(out: Path, name: str, summary: dict[str, Any], test: SplitEv
     save(forgetting_figure(test.forgetting, f"{name}: test AUC by evidence age"), out / "forgetting.png")
 
 
-def log_run(tracker: RunTracker, summary: dict[str, Any], out: Path, model: nn.Module) -> None:
-    """The test metrics, buckets, throughput and floors, the run's files and the model."""
+def log_run(tracker: RunTracker, summary: dict[str, Any], out: Path) -> None:
+    """The test metrics, buckets, throughput and floors, the run's files and the model (its
+    weights-only checkpoint, `cmrec.mlflow_model`)."""
     tracker.log_metrics({f"test_{k}": v for k, v in summary["test"].items()})
     tracker.log_metrics({f"test_auc_{b}": v["auc"] for b, v in summary["forgetting"].items()})
     tracker.log_metrics({name: summary[name] for name in THROUGHPUT})
     tracker.log_metrics({f"floor_{name}": value for name, value in summary["floors"].items()})
     for name in ("metrics.json", "losses.png", "roc.png", "forgetting.png"):
         tracker.log_artifact(out / name)
-    tracker.log_model(model)
+    tracker.log_model(out / CHECKPOINT)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 from cmrec.data.batch import DenseSupervision, HistoryNegatives, make_loader
 from cmrec.data.dataset import ClickLogData, Vocabularies
@@ -119,10 +118,6 @@ class Runner(Protocol):
 
     def restore_best(self) -> None: ...
 
-    def plain_model(self) -> nn.Module:
-        """The trained model as one process holds it (for MLflow)."""
-        ...
-
     def finish(self) -> None: ...
 
     def close(self) -> None: ...
@@ -168,9 +163,6 @@ class LocalRunner:
     def restore_best(self) -> None:
         assert self._best is not None, "restore_best before keep_best"
         self.model.load_state_dict(self._best)
-
-    def plain_model(self) -> nn.Module:
-        return self.model
 
     def finish(self) -> None:
         pass

@@ -4,25 +4,38 @@ single-process checkpoint that evaluate, refresh and score load (no process grou
 
 A multi-process run keeps RUN/distributed/{best,last}/ and RUN/distributed/spec.pt (the
 checkpoint payload without weights: model name, config, vocabularies).
+
+Reading a folder runs no code from it: torch's reader unpickles `.metadata` and the non-tensor
+values with the full unpickler, so `_SafeReader` reads the metadata with an allow-list of the
+classes a DCP metadata file holds, and `_SafePlanner` / `_SafeFullPlanner` read every value with
+`torch.load(weights_only=True)` (cmrec.safe_load).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, _EmptyStateDictLoadPlanner
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from torchrec.optim.keyed import KeyedOptimizer
 
 from cmrec.atomic import aside_folder, partial_folder, swap_in
 from cmrec.errors import CmrecError
+from cmrec.safe_load import load_weights_only, restricted_unpickle
 from cmrec.train.checkpoint import model_from_payload, read_payload, write_payload
 from cmrec.train.distributed.cluster import Cluster
 
@@ -71,17 +84,18 @@ def load_distributed(
     if found is None:
         raise CmrecError(f"{path}: not a distributed checkpoint folder written by `cmrec train --nproc`")
     path = found
-    trainer_state: dict[str, Any] = json.loads((path / TRAINER_STATE).read_text())
+    trainer_state = _read_json(path / TRAINER_STATE)
     state: dict[str, Any] = {"model": model.state_dict()}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
-    dcp.load(state, checkpoint_id=path)
+    with _cmrec_errors_first():
+        dcp.load(state, storage_reader=_SafeReader(path), planner=_SafePlanner(path))
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     rng = path / f"rng-rank{cluster.rank}.pt"
     if trainer_state.get("world_size") == cluster.world_size and rng.is_file():
-        torch.set_rng_state(torch.load(rng, weights_only=True)["torch"])
+        torch.set_rng_state(load_weights_only(rng, rng, "an RNG state file")["torch"])
     return trainer_state
 
 
@@ -99,10 +113,12 @@ def plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The full (unsharded) model weights of a distributed checkpoint; needs no process group."""
     if not (path / ".metadata").is_file():
         raise CmrecError(f"{path}: not a distributed checkpoint folder (no .metadata)")
-    with tempfile.TemporaryDirectory(prefix=".cmrec-convert-", dir=path.parent) as scratch:
-        target = Path(scratch) / "full.pt"
-        dcp_to_torch_save(path, target)
-        loaded = torch.load(target, weights_only=True)
+    loaded: dict[str, Any] = {}
+    reader, planner = _SafeReader(path), _SafeFullPlanner(path, keys={"model"})
+    with _cmrec_errors_first():
+        _load_state_dict(loaded, storage_reader=reader, planner=planner, no_dist=True)
+    if not isinstance(loaded.get("model"), dict):
+        raise CmrecError(f"{path}: a distributed checkpoint without model weights")
     return dict(loaded["model"])
 
 
@@ -138,7 +154,92 @@ def convert_distributed(source: Path, target: Path) -> dict[str, Any]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        loaded: dict[str, Any] = json.loads(path.read_text())
+        loaded = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise CmrecError(f"{path}: cannot read the trainer state: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise CmrecError(f"{path}: the trainer state is a JSON {type(loaded).__name__}, not an object")
     return loaded
+
+
+def _dcp_metadata_allowed() -> dict[str, Callable[[str], bool]]:
+    """The globals a `.metadata` pickle of `dcp.save` names (checked on torch 2.13's files)."""
+    metadata = {
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorStorageMetadata", "BytesStorageMetadata",
+        "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING",
+    }  # fmt: skip
+    paths = {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"}
+    return {
+        "torch.distributed.checkpoint.metadata": metadata.__contains__,
+        "torch.distributed.checkpoint.filesystem": {"_StorageInfo"}.__contains__,
+        "torch": lambda name: name == "Size" or isinstance(getattr(torch, name, None), torch.dtype),
+        "torch.serialization": {"_get_layout"}.__contains__,
+        "pathlib": paths.__contains__,
+        "collections": {"OrderedDict"}.__contains__,
+    }
+
+
+class _SafeReader(FileSystemReader):
+    """torch's folder reader, with `.metadata` read once, up front, with an allow-list instead of
+    `pickle.load` (a refused file is a clear error before torch's collectives start)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        name, what = path / ".metadata", "a distributed checkpoint's metadata"
+        with open(name, "rb") as stream:
+            metadata = restricted_unpickle(stream, name, _dcp_metadata_allowed(), what)
+        if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
+            raise CmrecError(f"{name}: not {what} (it holds a {type(metadata).__name__}); not loaded")
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        storage_meta = getattr(self._metadata, "storage_meta", None) or StorageMeta()
+        storage_meta.load_id = self.load_id
+        self._metadata.storage_meta = storage_meta
+        return self._metadata
+
+
+@contextmanager
+def _cmrec_errors_first() -> Iterator[None]:
+    """A `CmrecError` raised inside torch's checkpoint collectives (a refused value), unwrapped
+    from the CheckpointException that carries it, so that the user sees its one line."""
+    try:
+        yield
+    except CheckpointException as exc:
+        for failure, _ in exc.failures.values():
+            if isinstance(failure, CmrecError):
+                raise failure from None
+        raise
+
+
+def _load_value(planner: DefaultLoadPlanner, folder: Path, read_item: ReadItem, value: io.BytesIO) -> None:
+    """DefaultLoadPlanner.load_bytes with `torch.load(weights_only=True)` (torch's uses False)."""
+    name = f"{folder} (value {read_item.dest_index.fqn!r})"
+    loaded = load_weights_only(value, name, "a value cmrec checkpoints hold")
+    if planner.flatten_state_dict:
+        set_element(planner.original_state_dict, planner.mappings[read_item.dest_index.fqn], loaded)
+    else:
+        planner.state_dict[read_item.dest_index.fqn] = loaded
+
+
+class _SafePlanner(DefaultLoadPlanner):
+    """Loads `folder` into an existing state dict (`dcp.load`); non-tensor values read weights-only."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        _load_value(self, self.folder, read_item, value)
+
+
+class _SafeFullPlanner(_EmptyStateDictLoadPlanner):
+    """Rebuilds the state dict of `folder` under `keys` from its metadata (no model needed);
+    values read weights-only."""
+
+    def __init__(self, folder: Path, keys: set[str]) -> None:
+        super().__init__(keys=keys)
+        self.folder = folder
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        _load_value(self, self.folder, read_item, value)

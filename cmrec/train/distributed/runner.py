@@ -6,10 +6,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
 from cmrec.data.batch import Batch, UserShardBatchSampler
-from cmrec.train.checkpoint import CHECKPOINT, checkpoint_payload, load_checkpoint, write_payload
+from cmrec.train.checkpoint import CHECKPOINT, checkpoint_payload, write_payload
 from cmrec.train.distributed.checkpoints import (
     DISTRIBUTED_DIR,
     SPEC,
@@ -104,10 +103,6 @@ class ShardedRunner:
         if self.is_main:
             convert_distributed(self.folder / "best", self.spec.out / CHECKPOINT)
         self.cluster.barrier()
-
-    def plain_model(self) -> nn.Module:
-        model, _, _ = load_checkpoint(self.spec.out / CHECKPOINT)
-        return model
 
     def finish(self) -> None:
         """Every rank waits here until rank 0 has written and logged the run: a rank that tore its
