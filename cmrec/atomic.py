@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,68 @@ def aside_folder(out: Path) -> Path:
     return out.with_name(f".{out.name}.old")
 
 
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of `path` that is not a folder (so nothing can go under it)."""
+    for above in path.parents:
+        if above.exists():
+            return None if above.is_dir() else above
+    return None
+
+
+def unwritable(path: Path, exc: OSError) -> CmrecError:
+    """One line on why `path` could not be written, naming `path` (and a file standing where a
+    folder above it must be), not whatever scratch name the failing call used."""
+    above = _file_above(path)
+    if above is not None:
+        return CmrecError(f"{path}: cannot be written, {above} is a file, not a folder")
+    return CmrecError(f"{path}: cannot be written ({exc.strerror or exc})")
+
+
+def ensure_parent(path: Path) -> None:
+    """Create the folder `path` goes into, or raise one line naming `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(path, exc) from exc
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse, before any work, a file output that could not be written: a folder at `path`, or a
+    file where a folder above it must be."""
+    if path.is_dir():
+        raise CmrecError(f"{path}: is a folder; give the name of a file to write")
+    above = _file_above(path)
+    if above is not None:
+        raise CmrecError(f"{path}: cannot be written, {above} is a file, not a folder")
+
+
+def new_scratch_folder(out: Path) -> Path:
+    """An empty `partial_folder` of `out` (a leftover one is deleted); a failure names `out`, the
+    folder the user asked for, not the hidden scratch name."""
+    scratch = partial_folder(out)
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        scratch.mkdir()
+    except OSError as exc:
+        raise unwritable(out, exc) from exc
+    return scratch
+
+
 def write_file(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(scratch)`` for a hidden scratch file beside `path`, then rename it to `path`."""
+    """Call ``write(scratch)`` for a hidden scratch file beside `path`, then rename it to `path`.
+    A failure names `path` (not the scratch file); a folder at `path` is refused before writing."""
+    check_output_file(path)
     scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(scratch)
         os.replace(scratch, path)
+    except OSError as exc:
+        if exc.filename is None or Path(exc.filename) != scratch:
+            raise
+        raise unwritable(path, exc) from exc
     finally:
-        scratch.unlink(missing_ok=True)
+        with suppress(FileNotFoundError, NotADirectoryError):  # nothing was written: nothing to remove
+            scratch.unlink()
 
 
 def write_text(path: Path, text: str) -> None:
@@ -101,10 +155,7 @@ def check_output_folder(out: Path, overwrite: bool, markers: tuple[str, ...], wh
                 "kept until the new one is complete)"
             )
     parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CmrecError(f"{parent}: cannot create the output's parent folder ({exc.strerror})") from exc
+    ensure_parent(out)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CmrecError(f"{parent}: not writable, so {out.name} cannot be written there")
 
@@ -122,9 +173,7 @@ def output_folder(out: Path, names: list[str], overwrite: bool, what: str = "fol
                 "that replacing the folder would delete; choose another output folder"
             )
     check_output_folder(out, overwrite, tuple(names), what)
-    scratch = partial_folder(out)
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
+    scratch = new_scratch_folder(out)
     try:
         yield scratch
         missing = [name for name in names if not (scratch / name).exists()]

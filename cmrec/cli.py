@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from cmrec.pipelines._common import EXIT_USER_ERROR, add_command, run_guarded
+from cmrec.pipelines._common import EXIT_USER_ERROR, OneLineParser, add_command, run_guarded
 
 # Subcommand -> pipeline module.
 COMMANDS: dict[str, str] = {
@@ -34,7 +34,7 @@ __all__ = ["COMMANDS", "EXIT_USER_ERROR", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cmrec",
         description="Continual Memory for lifelong user modelling: data, training, refresh, scoring.",
     )

@@ -93,5 +93,7 @@ def _weights_only_detail(exc: Exception) -> str:
 
 
 def _first_line(exc: Exception) -> str:
+    """The exception's first sentence: torch's zip reader adds two sentences of advice to its own."""
     text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line.split(". ", 1)[0].rstrip(".")[:300]

@@ -31,6 +31,15 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` tracking URI (relative to the working folder, or
+    absolute with four slashes); None for any other kind of store or an in-memory database."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri[len(prefix) :] in ("", ":memory:"):
+        return None
+    return Path(uri[len(prefix) :].split("?", 1)[0])
+
+
 class RunTracker:
     """One MLflow run: params, per-epoch metrics, artifacts and the model.
 
@@ -151,8 +160,18 @@ def _end_orphans(experiment_id: str) -> list[str]:
 
 
 def runs_table(experiment: str = DEFAULT_EXPERIMENT) -> pd.DataFrame:
-    """All finished runs of an experiment: one row per run, params and metrics as columns."""
-    mlflow.set_tracking_uri(tracking_uri())
+    """All finished runs of an experiment: one row per run, params and metrics as columns.
+
+    Reading creates nothing: a SQLite store that does not exist yet is refused before MLflow would
+    create an empty database there."""
+    uri = tracking_uri()
+    database = sqlite_file(uri)
+    if database is not None and not database.is_file():
+        raise CmrecError(
+            f"{uri}: no MLflow store there ({database} does not exist); run `cmrec train` first, or set "
+            "MLFLOW_TRACKING_URI to the store it logged to"
+        )
+    mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
         return pd.DataFrame()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from types import FrameType, ModuleType
+from typing import Any, NoReturn
 
 import torch
 import yaml
@@ -35,11 +38,20 @@ def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
     def show(message: Warning | str, *_: object, **__: object) -> None:
         print(f"cmrec {name}: warning: {message}", file=sys.stderr)
 
+    stopped: dict[str, int] = {}  # which signal stopped the job, if one did
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stopped_by_signals(stopped):
             warnings.simplefilter("always", DataWarning)
             warnings.showwarning = show
             return run(args)
+    except KeyboardInterrupt:
+        signum = stopped.get("signal", signal.SIGINT)
+        print(
+            f"cmrec {name}: stopped by {signal.Signals(signum).name}; every output is written whole or "
+            "not at all (a store keeps the batches it finished), so run the command again to finish",
+            file=sys.stderr,
+        )
+        return 128 + signum
     except CmrecError as exc:
         print(f"cmrec {name}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -49,6 +61,37 @@ def run_guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespa
         where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
         print(f"cmrec {name}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+@contextmanager
+def _stopped_by_signals(stopped: dict[str, int]) -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt inside the block, so that every clean-up runs
+    (scratch folders deleted, store transactions rolled back) and the job ends with one line; the
+    signal is recorded in `stopped`. SIGINT is taken even where it was inherited ignored (a job a
+    script started with `&`). Outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopped["signal"] = signum
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the flag and what is allowed), exit status 2: the
+    usage block a mistyped flag otherwise prints runs to 16 lines for `cmrec train`."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"`{self.prog} --help` lists the options"
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} ({hint})\n")
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, module: ModuleType) -> None:
@@ -64,7 +107,7 @@ def run_command(module: ModuleType, argv: Sequence[str] | None = None) -> int:
     spec = module.__spec__  # under `python -m`, __name__ is "__main__" but the spec keeps the name
     name = (spec.name if spec is not None else module.__name__).rsplit(".", 1)[-1]
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="cmrec")
+    parser = OneLineParser(prog="cmrec")
     add_command(parser.add_subparsers(dest="command", required=True), name, module)
     args = parser.parse_args([name, *argv])
     args.argv = [name, *argv]  # the command line itself, for jobs that relaunch themselves
@@ -77,10 +120,19 @@ def read_overrides(path: Path | None) -> dict[str, Any]:
         return {}
     try:
         loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CmrecError(f"{path}: cannot read the YAML config: {exc}") from exc
+    except OSError as exc:
+        raise CmrecError(f"{path}: cannot read the YAML config ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise CmrecError(f"{path}: not a YAML config: {_yaml_problem(exc)}") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
         raise CmrecError(f"{path}: the YAML config must be a mapping of config keys to values")
     return {key: tuple(v) if isinstance(v, list) else v for key, v in loaded.items()}
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: the problem and where (line and column, from 1)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return problem if mark is None else f"{problem} at line {mark.line + 1}, column {mark.column + 1}"

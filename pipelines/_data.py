@@ -44,6 +44,13 @@ def load_data(
         raise CmrecError(
             "give exactly one data source: --events, --xlong-test (with --xlong-train) or --dataset"
         )
+    counts = [
+        "max_len",
+        *(("synthetic_users", "synthetic_length", "train_targets_per_user") if training else ()),
+    ]
+    for name in counts:
+        if getattr(args, name) < 1:
+            raise CmrecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     split = SplitConfig(
         max_len=args.max_len,
         train_targets_per_user=args.train_targets_per_user if training else 1,

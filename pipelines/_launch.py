@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from cmrec.errors import CmrecError
 from cmrec.train.distributed import EMBEDDING_OPTIMIZERS, SHARDING_TYPES, ShardingOptions, torchrun_world
 from cmrec.train.run_folder import prepare_run_folder
 
+STOP_TIMEOUT_S = 60.0  # how long stopped workers get to finish their clean-up
 SWAP_BY_LAUNCHER = "CMREC_SWAP_BY_LAUNCHER"  # set for the processes `--nproc` starts
 
 
@@ -108,4 +110,14 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         "cmrec.cli",
         *forwarded,
     ]
-    return subprocess.run(command, check=False).returncode
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # SIGINT or SIGTERM to this process (`run_guarded`): stop the workers too
+        process.send_signal(signal.SIGTERM)  # torchrun passes it on to every worker and waits for them
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise

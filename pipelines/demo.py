@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from cmrec.atomic import check_output_folder, partial_folder, swap_in, write_json
+from cmrec.atomic import check_output_folder, new_scratch_folder, swap_in, write_json
 from cmrec.data.dataset import ClickLogData, SplitConfig, build_from_events
 from cmrec.data.events import read_events, validate_events
 from cmrec.data.schema import CATEGORY, ITEM, TIMESTAMP, USER
@@ -81,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise CmrecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     check_output_folder(args.out, True, (MARKER,), "cmrec demo folder")
-    work = partial_folder(args.out)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = new_scratch_folder(args.out)
     demo = _Demo(args, work, total_steps=5 + len(models))
     try:
         demo.run(models)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cmrec.atomic import write_json
+from cmrec.atomic import check_output_file, write_json
 from cmrec.data.dataset import ClickLogData
 from cmrec.data.events import read_events
 from cmrec.data.samples import concat_ranges
@@ -69,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.run.is_dir():
         raise CmrecError(f"{args.run}: no such run folder")
+    if args.batch_size < 2 or args.batch_size % 2:
+        raise CmrecError(
+            f"--batch-size must be an even number >= 2 (a target and its negative), got {args.batch_size}"
+        )
+    if args.out is not None:
+        check_output_file(args.out)
     if args.via_store and args.events is None:
         raise CmrecError("--via-store needs --events (the log whose test samples are scored)")
     if args.scratch_store is not None and not args.via_store:

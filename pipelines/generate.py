@@ -12,6 +12,7 @@ history) that every model must beat.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from dataclasses import fields
@@ -26,7 +27,7 @@ from cmrec.data.dataset import SplitConfig, build_from_events
 from cmrec.data.events import validate_events
 from cmrec.data.movielens import load_movielens_1m
 from cmrec.data.synthetic import SyntheticConfig, SyntheticLog, generate, later_clicks, xlong_rows
-from cmrec.errors import CmrecError
+from cmrec.errors import CmrecError, ConfigError
 from cmrec.eval.heuristics import RECENT_WINDOW, frequency_auc
 from cmrec.pipelines._common import run_command
 from cmrec.progress import progress
@@ -66,7 +67,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset == "movielens-1m":
         summary = _movielens(args.out, args.overwrite)
     else:
-        config = SyntheticConfig(**{f.name: getattr(args, f.name) for f in fields(SyntheticConfig)})
+        try:
+            config = SyntheticConfig(**{f.name: getattr(args, f.name) for f in fields(SyntheticConfig)})
+        except ConfigError as exc:  # the library names its fields; the user typed flags
+            message = str(exc)
+            for f in fields(SyntheticConfig):
+                message = re.sub(rf"\b{f.name}\b", "--" + f.name.replace("_", "-"), message)
+            raise ConfigError(message) from exc
         if args.day2_clicks < 0:
             raise CmrecError(f"--day2-clicks must be >= 0, got {args.day2_clicks}")
         summary = write_synthetic(config, args.out, args.overwrite, args.day2_clicks)

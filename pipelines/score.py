@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cmrec.atomic import write_file
+from cmrec.atomic import check_output_file, ensure_parent, write_file
 from cmrec.data.events import PARQUET_SUFFIXES, read_requests
 from cmrec.data.schema import USER
 from cmrec.errors import CmrecError
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     out_name = args.out.name.lower()
     if not out_name.endswith((*PARQUET_SUFFIXES, ".csv")):
         raise CmrecError(f"{args.out}: the output must be a .parquet or .csv file")
+    check_output_file(args.out)
     requests = read_requests(args.requests)
     scored = score_requests(args.run, args.store, requests, args.pending, args.batch_size)
     _write_atomic(scored.frame, args.out)
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_atomic(frame: pd.DataFrame, out: Path) -> None:
     """Write beside `out`, then rename: a failed job never leaves a half-written file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_parent(out)
     if out.name.lower().endswith(".csv"):
         write_file(out, lambda scratch: frame.to_csv(scratch, index=False))
     else:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from types import FrameType
+from urllib.parse import urlparse
 
 from cmrec.errors import CmrecError
 from cmrec.pipelines._common import run_command
@@ -22,6 +24,8 @@ from cmrec.tracking import tracking_uri
 
 DESCRIPTION = "Start MLflow's web UI on the project's tracking store (127.0.0.1; Ctrl-C stops it)."
 STOP_TIMEOUT_S = 10.0
+# Backend stores `mlflow ui` accepts ("" is a plain folder path).
+STORE_SCHEMES = {"", "file", "sqlite", "postgresql", "mysql", "mssql"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +40,14 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise CmrecError(f"--port must be in [1, 65535], got {args.port}")
     uri = args.store or tracking_uri()
+    scheme = urlparse(uri).scheme.split("+", 1)[0]  # postgresql+psycopg2 -> postgresql
+    if scheme not in STORE_SCHEMES:
+        flag = "--store" if args.store else "MLFLOW_TRACKING_URI"
+        raise CmrecError(
+            f"{flag}: {uri!r} is not a tracking store the MLflow UI can serve (give sqlite:///PATH, "
+            "a folder path, or a postgresql://, mysql:// or mssql:// database URI)"
+        )
+    _check_port_free(args.host, args.port)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port), "--workers", "1"]
 
@@ -54,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
             "Ctrl-C stops it",
             flush=True,
         )
-        return 0 if server.wait() == 0 else 1
+        status = server.wait()
+        # The UI runs until Ctrl-C: a server that ends by itself has failed, whatever its status.
+        raise CmrecError(
+            f"the MLflow server stopped by itself (exit status {status}; its messages are above)"
+        )
     except KeyboardInterrupt:
         return 0
     finally:
@@ -63,6 +79,23 @@ def run(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             if handler is not None:  # None: a handler not installed from Python, nothing to restore
                 signal.signal(sig, handler)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another server holds (MLflow's server would log the failure and exit 0)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CmrecError(f"--host {host}: not an address of this machine ({exc.strerror})") from exc
+    family, kind, _, _, address = infos[0]
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CmrecError(
+                f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); choose another --port"
+            ) from exc
 
 
 def _stop_group(server: subprocess.Popen[bytes]) -> None:

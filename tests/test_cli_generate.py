@@ -61,7 +61,7 @@ def test_existing_outputs_are_kept_without_overwrite(
 def test_bad_knob_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "data"
     assert generate.main([*TINY, "--p-return", "1.5", "--out", str(out)]) == 2
-    assert "p_return must be in [0, 1]" in capsys.readouterr().err
+    assert "--p-return must be in [0, 1]" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 import torch
@@ -136,12 +138,16 @@ def test_bad_inputs_fail_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "exactly one data source" in capsys.readouterr().err
     assert cli.main(["evaluate", "--run", str(tmp_path / "nothing"), "--events", "x.parquet"]) == 2
     assert "no such run folder" in capsys.readouterr().err
+    assert cli.main(["compare", "--experiment", "empty"]) == 2  # no store yet: reading creates none
+    assert "no MLflow store there" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])  # this test's store (conftest.py)
+    mlflow.set_experiment("other")  # the store exists now, without a run of "empty"
     assert cli.main(["compare", "--experiment", "empty"]) == 2
-    assert "no finished runs" in capsys.readouterr().err
+    assert "no finished runs in experiment 'empty'" in capsys.readouterr().err
 
 
 def test_mlflow_run_and_evaluate_reproduce_train(tmp_path: Path, mlflow_store: str) -> None:
-    import mlflow
 
     _generate(tmp_path / "data", users=60)
     events = tmp_path / "data" / "events.parquet"

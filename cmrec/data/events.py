@@ -51,7 +51,7 @@ def read_table(path: Path, what: str) -> tuple[pd.DataFrame, int]:
     `what` names the table in errors ("an event log"): missing, empty, unsupported or unreadable.
     """
     if not path.is_file():
-        raise DataValidationError(f"{path}: no such file")
+        raise DataValidationError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
     if path.stat().st_size == 0:
         raise DataValidationError(f"{path}: the file is empty")
     name = path.name.lower()
@@ -82,16 +82,22 @@ def read_requests(path: str | Path) -> pd.DataFrame:
     frame, header = read_table(path, "a request table")
     missing = [c for c in (USER, ITEM) if c not in frame.columns]
     if missing:
+        names = ", ".join(repr(c) for c in missing)
         found = ", ".join(repr(str(c)) for c in frame.columns)
-        raise DataValidationError(f"{path}: missing required column(s) {missing}; found: {found}")
+        raise DataValidationError(f"{path}: missing required column(s) {names}; found: {found}")
     if len(frame) == 0:
         raise DataValidationError(f"{path}: no requests")
+    frame = frame.reset_index(drop=True)
+    where = _RowLocator(str(path), header)
     for column in (USER, ITEM, CATEGORY):
-        if column in frame.columns and frame[column].isna().any():
-            row = int(np.argmax(frame[column].isna().to_numpy())) + 1
-            line = f" (line {row + header})" if header else ""
-            raise DataValidationError(f"{path}: column {column!r}, row {row}{line}: missing value")
-    return frame.reset_index(drop=True)
+        if column not in frame.columns:
+            continue
+        nulls = frame[column].isna().to_numpy()
+        if nulls.any():
+            raise DataValidationError(f"{where(column, int(np.argmax(nulls)))}: missing value")
+        # The events' id rules: an item id 2.5 is refused, and CSV "7" and Parquet 7 are one id.
+        frame[column] = _normalise_ids(frame[column], column, where)
+    return frame
 
 
 def validate_events(

@@ -56,7 +56,7 @@ def parse_xlong(path: str | Path, skip_malformed: bool = False) -> XLongFile:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataValidationError(f"{path}: no such file")
+        raise DataValidationError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
     lines: list[XLongLine] = []
     skipped = 0
     with path.open(encoding="utf-8", errors="replace") as handle:

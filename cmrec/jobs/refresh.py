@@ -99,6 +99,8 @@ def refresh_store(
             `rank` of `world` (a job started once per worker, on any number of machines).
         batch_users: users per batch and store transaction.
     """
+    if partitions is not None and partitions < 1:
+        raise CmrecError(f"--partitions must be >= 1, got {partitions}")
     if workers is not None:
         if workers < 1:
             raise CmrecError(f"--num-workers must be >= 1, got {workers}")
@@ -113,9 +115,10 @@ def refresh_store(
     if rebuild and isinstance(store, RedisLocation):
         raise CmrecError(f"--rebuild of a Redis store ({store}): {REBUILD_HINT}")
     served = ServedModel.load(run)
+    # Validate the whole input before touching the store (or making its lock file): bad input
+    # leaves everything as it was.
+    user_events = _read(events, served)
     with _store_lock(store, exclusive=rebuild):
-        # Validate the whole input before touching the store: bad input leaves it unchanged.
-        user_events = _read(events, served)
         target = store
         if rebuild and isinstance(store, Path):
             target = store.with_name(store.name + ".rebuild")
@@ -172,10 +175,10 @@ def _store_info(
             )
         if partitions and partitions != found:
             raise CmrecError(
-                f"{target}: the store has {found} partitions; --partitions {partitions} needs --rebuild"
+                f"{target}: the store has {found} partition(s); --partitions {partitions} needs --rebuild"
             )
         return served.store_info(stored.dtype, found)
-    partitions = partitions or world
+    partitions = world if partitions is None else partitions
     if partitions < world:
         raise CmrecError(f"--partitions ({partitions}) must be at least the number of workers ({world})")
     return served.store_info(dtype or "float32", partitions)

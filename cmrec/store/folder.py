@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from cmrec.atomic import ensure_parent
 from cmrec.store.routing import partition_of
 from cmrec.store.sqlite import SqlitePartition
 from cmrec.store.state import MemoryDtype, StoreError, StoreInfo, UserState
@@ -54,10 +55,12 @@ def store_lock(store: Path, exclusive: bool) -> Iterator[None]:
 
     Refreshes share it (they take turns inside each partition: `writer_locks`); ``--rebuild``
     needs it alone, because it swaps the whole folder at the end and a refresh writing into the
-    old folder meanwhile would be lost. Whoever cannot get it fails at once, before reading
-    anything. Like `writer_locks`, it holds between processes of one machine only.
+    old folder meanwhile would be lost. Whoever cannot get it fails at once, before writing
+    anything (the input is validated first, so bad input never makes the lock file). Like
+    `writer_locks`, it holds between processes of one machine only.
     """
-    store.parent.mkdir(parents=True, exist_ok=True)
+    existing_partitions(store)  # a file where the store should be is refused before any lock is made
+    ensure_parent(store)
     path = store.with_name(store.name + ".lock")
 
     def refuse() -> None:
@@ -68,6 +71,10 @@ def store_lock(store: Path, exclusive: bool) -> Iterator[None]:
         )
         raise StoreError(f"{store}: {holder} (lock {path}); run this once it has finished")
 
+    try:
+        path.open("a").close()  # created if missing; an existing lock file is left as it is
+    except OSError as exc:
+        raise StoreError(f"{store}: cannot make its lock file {path} ({exc.strerror or exc})") from exc
     with _flocked(path, shared=not exclusive, when_busy=refuse):
         yield
 
@@ -158,11 +165,17 @@ class MemoryStore:
         if bad:
             raise StoreError(f"{root}: partitions {bad} do not exist (the store has {found})")
         self._parts: dict[int, SqlitePartition] = {}
-        for index in indices:
-            path = partition_path(root, index, found)
-            if not path.is_file() and not create:
-                raise StoreError(f"{path}: partition {index} of {found} is missing; the store is incomplete")
-            self._parts[index] = SqlitePartition(path, info, index)
+        try:
+            for index in indices:
+                path = partition_path(root, index, found)
+                if not path.is_file() and not create:
+                    raise StoreError(
+                        f"{path}: partition {index} of {found} is missing; the store is incomplete"
+                    )
+                self._parts[index] = SqlitePartition(path, info, index)
+        except BaseException:
+            self.close()  # the partitions opened before the one refused
+            raise
         if not self._parts:
             raise StoreError(f"{root}: no partition to open")
         self.info = next(iter(self._parts.values())).info

@@ -108,25 +108,32 @@ class SqlitePartition:
             if info is None:
                 raise StoreError(f"{path}: no such store partition")
             _create_file(path, info, index)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=LOCK_TIMEOUT_S)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=LOCK_TIMEOUT_S)
+            self._open(info, index)
+        except BaseException:
+            self._db.close()  # a refused file is left as it was: no connection (and WAL files) kept open
+            raise
+        self.index = index
+        self._shape = (self.info.slots, self.info.memory_dim)
+
+    def _open(self, info: StoreInfo | None, index: int) -> None:
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable against a killed process
             meta = self._read_meta()
         except sqlite3.DatabaseError as exc:
             raise StoreError(
-                f"{path}: not a readable cmrec memory store partition ({exc}); rebuild the store from "
-                "the full event log (`cmrec refresh --run RUN_DIR --events FULL_LOG --store STORE "
+                f"{self.path}: not a readable cmrec memory store partition ({exc}); rebuild the store "
+                "from the full event log (`cmrec refresh --run RUN_DIR --events FULL_LOG --store STORE "
                 "--rebuild`)"
             ) from exc
         if not meta:
             if info is None:
-                raise StoreError(f"{path}: not a cmrec memory store (no meta table)")
+                raise StoreError(f"{self.path}: not a cmrec memory store (no meta table)")
             self._initialise(info, index)  # an empty database file (e.g. a bare sqlite3.connect's)
             meta = self._read_meta()
         self.info = self._check_meta(meta, info, index)
-        self.index = index
-        self._shape = (self.info.slots, self.info.memory_dim)
 
     def _initialise(self, info: StoreInfo, index: int) -> None:
         """Make an existing empty database a partition; idempotent, so two processes may race."""

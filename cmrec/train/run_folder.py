@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from cmrec.atomic import check_output_folder, partial_folder
+from cmrec.atomic import check_output_folder, new_scratch_folder, partial_folder
 from cmrec.errors import CmrecError
 from cmrec.train.distributed.checkpoints import DISTRIBUTED_DIR, complete_checkpoint
 
@@ -27,12 +27,7 @@ def prepare_run_folder(final: Path, resume: bool) -> Path:
     changes nothing."""
     work = partial_folder(final)
     if not resume:
-        shutil.rmtree(work, ignore_errors=True)
-        try:
-            work.mkdir()
-        except OSError as exc:
-            raise CmrecError(f"{work}: cannot create the run's scratch folder ({exc.strerror})") from exc
-        return work
+        return new_scratch_folder(final)
     if complete_checkpoint(work / DISTRIBUTED_DIR / "last") is not None:
         return work  # an interrupted run: continue it where it stopped
     if complete_checkpoint(final / DISTRIBUTED_DIR / "last") is None:

@@ -141,7 +141,7 @@ def test_score_refuses_bad_requests_and_non_memory_runs(
     _expect_refusal([*score, "--run", str(run_dir)], refreshed, capsys, "column 'user_id', row 3 (line 4)")
     pd.DataFrame({"user_id": [1]}).to_csv(requests, index=False)
     _expect_refusal(
-        [*score, "--run", str(run_dir)], refreshed, capsys, "missing required column(s) ['item_id']"
+        [*score, "--run", str(run_dir)], refreshed, capsys, "missing required column(s) 'item_id'"
     )
     baseline = make_run(tmp_path / "dien", log, name="dien")
     pd.DataFrame({"user_id": [1], "item_id": [2]}).to_csv(requests, index=False)

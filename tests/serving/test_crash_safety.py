@@ -95,6 +95,44 @@ def test_sigkill_at_random_points_then_rerun_equals_uninterrupted(tmp_path: Path
     assert consumed == log["user_id"].astype(str).value_counts().to_dict()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_sigint_mid_refresh_then_rerun_equals_uninterrupted(
+    tmp_path: Path, run_dir: Path, signum: int, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C (or a SIGTERM from a scheduler) mid-refresh: one line, exit 128 + signal, the batches
+    already committed stay, the one in flight is rolled back, and a rerun ends where an
+    uninterrupted refresh does."""
+    log = stream(users=150, length=24, seed=5)
+    events = tmp_path / "events.parquet"
+    log.to_parquet(events)
+
+    def argv(store: Path) -> list[str]:
+        base = ["refresh", "--run", str(run_dir), "--events", str(events), "--store", str(store)]
+        return [*base, "--batch-users", "2", "--no-progress"]
+
+    _finish(argv(tmp_path / "reference"))
+    capfd.readouterr()
+    store = tmp_path / "stopped"
+    child = _start(argv(store))
+    deadline = time.monotonic() + 60
+    while child.is_alive() and _committed_users(store) < 40 and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    assert child.is_alive() and child.pid is not None, "the refresh ended before the signal"
+    os.kill(child.pid, signum)
+    child.join(60)
+    assert child.exitcode == 128 + signum
+    committed = _committed_users(store)
+    assert 40 <= committed < log["user_id"].nunique()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"cmrec refresh: stopped by {signal.Signals(signum).name}; every output is written whole or not "
+        "at all (a store keeps the batches it finished), so run the command again to finish"
+    ]
+    _finish(argv(store))
+    assert_same_store(store, tmp_path / "reference")
+
+
 def test_reader_sees_whole_users_while_a_refresh_writes(tmp_path: Path, run_dir: Path) -> None:
     log = stream(users=40, length=40, seed=4)
     bounds = np.linspace(0, len(log), 5).astype(int)
