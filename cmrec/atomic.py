@@ -35,21 +35,23 @@ def aside_folder(out: Path) -> Path:
     return out.with_name(f".{out.name}.old")
 
 
-def _file_above(path: Path) -> Path | None:
-    """The nearest existing ancestor of `path` that is not a folder (so nothing can go under it)."""
+def _in_the_way(path: Path) -> CmrecError | None:
+    """The error for a file standing where a folder above `path` must be, if one does (the nearest
+    existing ancestor decides: nothing can go under a file)."""
     for above in path.parents:
         if above.exists():
-            return None if above.is_dir() else above
+            return (
+                None
+                if above.is_dir()
+                else CmrecError(f"{path}: cannot be written, {above} is a file, not a folder")
+            )
     return None
 
 
 def unwritable(path: Path, exc: OSError) -> CmrecError:
     """One line on why `path` could not be written, naming `path` (and a file standing where a
     folder above it must be), not whatever scratch name the failing call used."""
-    above = _file_above(path)
-    if above is not None:
-        return CmrecError(f"{path}: cannot be written, {above} is a file, not a folder")
-    return CmrecError(f"{path}: cannot be written ({exc.strerror or exc})")
+    return _in_the_way(path) or CmrecError(f"{path}: cannot be written ({exc.strerror or exc})")
 
 
 def ensure_parent(path: Path) -> None:
@@ -65,9 +67,9 @@ def check_output_file(path: Path) -> None:
     file where a folder above it must be."""
     if path.is_dir():
         raise CmrecError(f"{path}: is a folder; give the name of a file to write")
-    above = _file_above(path)
-    if above is not None:
-        raise CmrecError(f"{path}: cannot be written, {above} is a file, not a folder")
+    blocked = _in_the_way(path)
+    if blocked is not None:
+        raise blocked
 
 
 def new_scratch_folder(out: Path) -> Path:

@@ -44,14 +44,19 @@ def read_events(path: str | Path, require_time_order: bool = False) -> pd.DataFr
     )
 
 
+def require_file(path: Path) -> None:
+    """Refuse a path that is not a readable file: missing, or a folder."""
+    if not path.is_file():
+        raise DataValidationError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
+
+
 def read_table(path: Path, what: str) -> tuple[pd.DataFrame, int]:
     """A Parquet or CSV/TSV table as written (CSV ids as strings: "007" and "7" are two ids), and
     the lines before its first data row (1 for CSV), for messages that give file lines.
 
     `what` names the table in errors ("an event log"): missing, empty, unsupported or unreadable.
     """
-    if not path.is_file():
-        raise DataValidationError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
+    require_file(path)
     if path.stat().st_size == 0:
         raise DataValidationError(f"{path}: the file is empty")
     name = path.name.lower()

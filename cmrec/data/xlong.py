@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cmrec.data.dataset import ClickLogData, Vocabularies
+from cmrec.data.events import require_file
 from cmrec.data.samples import Histories, Samples, paired_samples
 from cmrec.data.vocab import Vocab
 from cmrec.errors import ConfigError, DataValidationError
@@ -55,8 +56,7 @@ def parse_xlong(path: str | Path, skip_malformed: bool = False) -> XLongFile:
             message gives the file and the 1-based line number.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataValidationError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
+    require_file(path)
     lines: list[XLongLine] = []
     skipped = 0
     with path.open(encoding="utf-8", errors="replace") as handle:

@@ -57,18 +57,7 @@ def states(location: StoreLocation) -> dict[str, tuple[Any, ...]]:
     """Every stored user as comparable values, memory bytes exactly, by user id: what a store holds
     when nothing was written since (`assert_same_store` compares two computations of it)."""
     with memory_store(location) as store:
-        return {
-            s.user_id: (
-                s.memory.numpy().tobytes(),
-                s.pending_items.tolist(),
-                None if s.pending_categories is None else s.pending_categories.tolist(),
-                s.watermark_time,
-                s.watermark_items,
-                s.events,
-                s.fingerprint,
-            )
-            for s in store
-        }
+        return {s.user_id: (s.memory.numpy().tobytes(), *bookkeeping(s)) for s in store}
 
 
 def _child(argv: list[str], report: Path | None = None) -> None:
