@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -223,10 +224,26 @@ def _worker_main(job: _Job) -> RefreshStats:
     return _refresh(job, served, _read(job.events, served))
 
 
+def _leave_sigint_to_the_parent() -> None:
+    """Workers ignore Ctrl-C (it reaches the whole process group): the parent stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_workers(job: _Job) -> RefreshStats:
     jobs = [replace(job, rank=rank, progress=job.progress and rank == 0) for rank in range(job.world)]
-    with ProcessPoolExecutor(max_workers=job.world, mp_context=get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(
+        max_workers=job.world, mp_context=get_context("spawn"), initializer=_leave_sigint_to_the_parent
+    )
+    try:
         results = list(pool.map(_worker_main, jobs))
+    except KeyboardInterrupt:  # SIGINT or SIGTERM to the job (`run_guarded`): stop every worker now
+        # SIGTERM ends a worker between or inside a store transaction; an unfinished one rolls back,
+        # as after SIGKILL. (The executor has no public way to do this before Python 3.14.)
+        for process in list(pool._processes.values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     total = RefreshStats()
     for result in results:
         total = total.merge(result)
