@@ -171,7 +171,7 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
         "embeddings": lambda: model.embeddings(batch.history)[0],
         "encoder": lambda: model.machine.encoder(x, mask),
         "memory_update": update_loop,
-        "reason_head": lambda: model.reason_logits(states, batch),  # samples and dense targets
+        "reason_head": lambda: model.reason_logits(states, batch, x, mask),  # samples and dense targets
     }
     if model.recall is not None:
         recall = model.recall

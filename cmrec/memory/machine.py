@@ -113,6 +113,18 @@ class ContinualMemoryMachine(nn.Module):
         states = self._states(memory, features, mask, x)
         return states[-1] if states else memory
 
+    def count_partial(self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, rows, d_m) memories with a partial segment, (B, W, d_x) items and their (B, W) mask,
+        counted in the history-mean and profile rows only: what writing it does to those rows, at
+        the cost of a mean (no encoder, no update). The slots are left as they are; a row without
+        a real item, and a memory without ``history_mean``, are returned unchanged."""
+        if not self.history_mean or x.shape[1] == 0:
+            return memory
+        values = self._segment_values(x[:, None], mask[:, None])[:, 0]  # (B, V, d_m)
+        rows = memory[:, self.slots :]
+        counted = torch.where(mask.any(dim=-1)[:, None, None], _add_to_mean(rows, values), rows)
+        return torch.cat([memory[:, : self.slots], counted], dim=1)
+
     def slots_of(self, memory: torch.Tensor) -> torch.Tensor:
         """(..., K, d_m) the slots of (..., rows, d_m) memories (what attention and recall read)."""
         return memory[..., : self.slots, :]

@@ -16,6 +16,7 @@ from cmrec.data.vocab import NUM_RESERVED
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
 from cmrec.heads.reason import ReasonHead
+from cmrec.heads.recent import RecentReader
 from cmrec.memory.encoder import SegmentEncoder
 from cmrec.memory.machine import ContinualMemoryMachine
 from cmrec.memory.update import MemoryUpdate
@@ -61,6 +62,9 @@ class ContinualMemoryModel(RecModel):
             slot_evidence=config.slot_evidence,
             prototypes=self.machine.prototypes,  # one W_p: the profile's and the candidate's
         )
+        self.recent: RecentReader | None = (
+            RecentReader(config.item_dim, config.segment_len) if config.recent_clicks else None
+        )
         self.needs = ModelNeeds(
             dense_targets=config.dense_targets, memory_shape=(config.memory_rows, config.memory_dim)
         )
@@ -77,6 +81,12 @@ class ContinualMemoryModel(RecModel):
     def write_len(self) -> int:
         """Clicks per `write` step (`IncrementalModel`): one N-click segment."""
         return self.config.segment_len
+
+    @property
+    def reads_recent(self) -> bool:
+        """Whether `score` also reads the clicks since the last whole segment (`CMConfig.recent_clicks`):
+        serving then passes a user's pending clicks instead of writing them into the memory."""
+        return self.recent is not None
 
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """(B, rows, d_m) memory of users without history (`CMConfig.memory_rows`)."""
@@ -112,10 +122,31 @@ class ContinualMemoryModel(RecModel):
         return self.machine(memory, x, mask.bool())
 
     def score(
-        self, memory: torch.Tensor, items: torch.Tensor, categories: torch.Tensor | None = None
+        self,
+        memory: torch.Tensor,
+        items: torch.Tensor,
+        categories: torch.Tensor | None = None,
+        recent: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        """(S, R, d_m) memories and (S,) candidate ids -> (S,) CTR logits."""
-        return self.reason(memory, self.embeddings.lookup(items, categories))
+        """(S, R, d_m) memories and (S,) candidate ids -> (S,) CTR logits.
+
+        With `CMConfig.recent_clicks`, `recent` is each candidate's user's clicks since the last whole
+        segment: (S, W) item ids oldest first, an (S, W) mask (True at real clicks, first in each
+        row) and their (S, W) category ids (None: each item's own); None means no recent clicks.
+        """
+        candidates = self.embeddings.lookup(items, categories)
+        if self.recent is None:
+            return self.reason(memory, candidates)
+        if recent is None:
+            empty = torch.zeros(len(items), 0, dtype=torch.long, device=items.device)
+            recent = (empty, empty.bool(), None)
+        recent_items, recent_mask, recent_categories = recent
+        clicks = self.embeddings.lookup(recent_items, recent_categories)  # (S, W, d_x)
+        mask = recent_mask.bool()
+        # The history mean and profile count the clicks as the partial segment they are; the slots
+        # stay those of whole segments; the reader reads the clicks.
+        memory = self.machine.count_partial(memory, clicks, mask)
+        return self.reason(memory, candidates) + self.recent(clicks, mask, candidates)
 
     def build_memory(
         self, history: KeyedJaggedTensor
@@ -143,40 +174,80 @@ class ContinualMemoryModel(RecModel):
         ids, _ = segment_jagged(history[ITEM_KEY].values(), lengths, self.config.segment_len)
         return x, ids, mask
 
-    def reason_logits(self, states: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def reason_logits(
+        self,
+        states: torch.Tensor,
+        batch: Batch,
+        x: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits of the batch's samples, then of its dense targets (if any).
 
         Args:
             states: (H, T, R, d_m) the memory after every segment (`build_trajectory`).
+            x, mask: the segment grid (H, T, N, d_x) and (H, T, N) of `build_trajectory`; needed
+                with `CMConfig.recent_clicks` only.
 
         Returns:
             (S + D,) logits; the first S are the samples'.
         """
-        slot_logits, mean_logits = self.reason_logit_parts(states, batch)
+        slot_logits, mean_logits = self.reason_logit_parts(states, batch, x, mask)
         return slot_logits if mean_logits is None else slot_logits + mean_logits
 
     def reason_logit_parts(
-        self, states: torch.Tensor, batch: Batch
+        self,
+        states: torch.Tensor,
+        batch: Batch,
+        x: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`reason_logits` as the head's two addends (`ReasonHead.logit_parts`)."""
-        segments = states.shape[1]
-        rows = batch.history_index * segments + segments - 1  # (S,) rows of states.flatten(0, 1)
+        """`reason_logits` as the head's two addends (`ReasonHead.logit_parts`); the recent clicks'
+        logit (`CMConfig.recent_clicks`) is part of the first."""
+        history, segments = states.shape[0], states.shape[1]
         items, categories = batch.target_items, batch.target_categories
         targets = batch.history_targets
-        if targets is not None and len(targets):
-            # Dense supervision: the memory after the first `seen` whole segments (those before the
-            # click, unless a horizon asks for an earlier memory).
-            before = targets.history_row * segments + targets.seen - 1
-            rows = torch.cat([rows, before])
+        dense = targets is not None and len(targets) > 0
+        if self.recent is None:
+            rows = batch.history_index * segments + segments - 1  # (S,) rows of states.flatten(0, 1)
+            if dense:
+                assert targets is not None
+                # Dense supervision: the memory after the first `seen` whole segments (those before
+                # the click, unless a horizon asks for an earlier memory).
+                rows = torch.cat([rows, targets.history_row * segments + targets.seen - 1])
+            memories = states.flatten(0, 1)
+        else:
+            if x is None or mask is None:
+                raise ConfigError("recent_clicks: reason_logit_parts needs the segment grid (x, mask)")
+            # Memories after 0, 1, ..., T whole segments: a sample's is the one after its last whole
+            # segment, and the clicks after it are read as recent, as serving reads pending clicks.
+            memories = torch.cat([self.initial_memory(history)[:, None], states], dim=1).flatten(0, 1)
+            lengths = mask.sum(dim=(1, 2))  # (H,)
+            whole = lengths[batch.history_index] // self.config.segment_len  # (S,)
+            rows = batch.history_index * (segments + 1) + whole
+            rows_of, ends = [batch.history_index], [lengths[batch.history_index]]
+            if dense:
+                assert targets is not None
+                rows = torch.cat([rows, targets.history_row * (segments + 1) + targets.seen])
+                rows_of.append(targets.history_row)
+                ends.append(targets.position)
+        if dense:
+            assert targets is not None
             items = torch.cat([items, targets.items])
             categories = None if categories is None else torch.cat([categories, _given(targets.categories)])
         candidates = self.embeddings.lookup(items, categories)  # (S + D, d_x)
-        return self.reason.logit_parts(states.flatten(0, 1), candidates, rows)  # one call for all targets
+        if self.recent is None:
+            return self.reason.logit_parts(memories, candidates, rows)  # one call for all targets
+        assert x is not None and mask is not None
+        recent, recent_mask = _recent_clicks(x, torch.cat(rows_of), torch.cat(ends))
+        # As `score` reads a store: the mean and profile also count the recent clicks.
+        memory = self.machine.count_partial(memories[rows], recent, recent_mask)
+        slot_logits, mean_logits = self.reason.logit_parts(memory, candidates)
+        return slot_logits + self.recent(recent, recent_mask, candidates), mean_logits
 
     def forward(self, batch: Batch) -> ModelOutput:
         states, x, ids, mask = self.build_trajectory(batch.history)  # one pass per distinct history
         memory = self.machine.slots_of(states[:, -1])  # (H, K, d_m) what the recall model reads
-        slot_logits, mean_logits = self.reason_logit_parts(states, batch)
+        slot_logits, mean_logits = self.reason_logit_parts(states, batch, x, mask)
         all_logits = slot_logits if mean_logits is None else slot_logits + mean_logits
         logits = all_logits[: batch.num_samples]
         losses = {"reason": self._target_loss(all_logits, batch)}
@@ -248,3 +319,16 @@ def _history_recall(config: CMConfig) -> HistoryRecall:
         item_loss=config.lambda_item > 0,
         seq_loss=config.lambda_seq > 0,
     )
+
+
+def _recent_clicks(
+    x: torch.Tensor, rows: torch.Tensor, ends: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clicks of history ``rows[j]`` since its last whole segment before index ``ends[j]``:
+    (J, N, d_x) from the segment grid x (H, T, N, d_x), and the (J, N) mask of the real ones (the
+    first ``ends[j] % N``): the clicks a store keeps pending for a user with ``ends[j]`` clicks."""
+    segment_len = x.shape[2]
+    grid = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], dim=1)  # one more, empty, segment
+    segment = ends // segment_len  # (J,) the segment the clicks are in (T when there are none)
+    held = (ends % segment_len)[:, None] > torch.arange(segment_len, device=x.device)  # (J, N)
+    return grid[rows, segment], held

@@ -69,6 +69,11 @@ class CMConfig:
             for what they hold, so forgetting in the slots never counts against a candidate).
         lambda_mean: with ``history_mean``, the weight of a second reason loss on the history
             mean's logit alone (0: off), so that the mean path is a whole predictor by itself.
+        recent_clicks: False (the paper: a target is scored from the memory alone), or the head
+            also reads the clicks since the last whole segment (fewer than N: the store's pending
+            clicks) with a `RecentReader` and adds its logit. The memory it is read beside is then
+            the one after the last *whole* segment, in training and in serving alike (no partial
+            segment is written at request time), so every target sees every click before it.
         recall_trains_embeddings: whether the recall losses' fragment inputs and contrastive
             candidates pass gradient to the item tables (the paper: True). False keeps L_item's
             item-identification pull off the tables; the recall losses still train the memory,
@@ -106,6 +111,7 @@ class CMConfig:
     slot_evidence: str = "signed"
     lambda_mean: float = 0.0
     recall_trains_embeddings: bool = True
+    recent_clicks: bool = False
 
     def __post_init__(self) -> None:
         positive = (

@@ -2,7 +2,9 @@
 
 The fewer than N clicks still pending for a user are written into a scratch copy of the memory
 first (``pending="write"``, the default): one masked segment, a cost that does not grow with the
-history, and the exact memory the training path would have built over the same history.
+history, and the exact memory the training path would have built over the same history. A model
+that reads its recent clicks itself (CM with ``recent_clicks``) is given them instead: it was
+trained on the memory of whole segments beside them, so nothing is written at request time.
 ``pending="ignore"`` scores from the stored memory alone (only the reason head runs).
 
 Shape letters: U users, S requests, N segment length, K slots, d_m slot width.
@@ -67,13 +69,42 @@ class Scorer:
     @torch.no_grad()
     def memories(self, user_ids: Sequence[str]) -> tuple[torch.Tensor, np.ndarray]:
         """(U, K, d_m) memories ready to score from, and a (U,) bool array of users the store knows."""
-        states = self.store.get_many(list(user_ids))
+        return self._memories(user_ids, self.store.get_many(list(user_ids)))
+
+    def _memories(
+        self, user_ids: Sequence[str], states: dict[str, UserState]
+    ) -> tuple[torch.Tensor, np.ndarray]:
         initial = self.model.initial_memory(1)[0]
         memory = torch.stack([states[u].memory if u in states else initial for u in user_ids])
         known = np.array([u in states for u in user_ids], dtype=bool)
-        if self.pending == "write":
+        if self.pending == "write" and not self.reads_recent:
             memory = self._write_pending(memory, [states.get(u) for u in user_ids])
         return memory, known
+
+    @property
+    def reads_recent(self) -> bool:
+        """Whether the model reads pending clicks itself (`ContinualMemoryModel.reads_recent`)."""
+        return bool(getattr(self.model, "reads_recent", False))
+
+    def _recent(
+        self, user_ids: Sequence[str], states: dict[str, UserState]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(U, W) pending item ids, mask and category ids (None without categories) of each user."""
+        pending = [states[u].pending_items if u in states else np.zeros(0, np.int64) for u in user_ids]
+        width = max((len(p) for p in pending), default=0)
+        items = torch.zeros(len(user_ids), width, dtype=torch.long)
+        mask = torch.zeros(len(user_ids), width, dtype=torch.bool)
+        categories = (
+            torch.zeros(len(user_ids), width, dtype=torch.long) if self.served.has_categories else None
+        )
+        for row, user in enumerate(user_ids):
+            n = len(pending[row])
+            items[row, :n] = torch.from_numpy(pending[row].astype(np.int64))
+            mask[row, :n] = True
+            given = states[user].pending_categories if user in states else None
+            if categories is not None and given is not None:
+                categories[row, :n] = torch.from_numpy(given.astype(np.int64))
+        return items, mask, categories
 
     def _write_pending(self, memory: torch.Tensor, states: Sequence[UserState | None]) -> torch.Tensor:
         waiting = [(i, s) for i, s in enumerate(states) if s is not None and len(s.pending_items)]
@@ -112,12 +143,21 @@ class Scorer:
         """Like `score`, with items (and categories) already encoded by the run's vocabularies."""
         users = pd.Series([str(u) for u in user_ids], dtype=object)
         codes, distinct = pd.factorize(users)
-        memory, known = self.memories(list(distinct))
-        logits = self.model.score(
-            memory[torch.from_numpy(codes)],
-            torch.from_numpy(np.asarray(items, dtype=np.int64)),
-            None if categories is None else torch.from_numpy(np.asarray(categories, dtype=np.int64)),
+        states = self.store.get_many(list(distinct))
+        memory, known = self._memories(list(distinct), states)
+        rows = torch.from_numpy(codes)
+        candidates = torch.from_numpy(np.asarray(items, dtype=np.int64))
+        candidate_categories = (
+            None if categories is None else torch.from_numpy(np.asarray(categories, dtype=np.int64))
         )
+        if self.reads_recent:
+            recent = None
+            if self.pending == "write":
+                ids, mask, cats = self._recent(list(distinct), states)
+                recent = (ids[rows], mask[rows], None if cats is None else cats[rows])
+            logits = self.model.score(memory[rows], candidates, candidate_categories, recent=recent)  # type: ignore[call-arg]
+        else:
+            logits = self.model.score(memory[rows], candidates, candidate_categories)
         return Scores(
             probabilities=torch.sigmoid(logits).numpy().astype(np.float32),
             unknown_users=tuple(str(u) for u in distinct[~known]),

@@ -231,3 +231,48 @@ def test_a_checkpoint_saved_before_a_config_field_existed_loads_as_it_was_traine
     assert model.config.readout == "linear" and model.config.dense_targets is None
     batch = _batch(small_data)
     torch.testing.assert_close(model(batch).logits, trained.eval()(batch).logits)
+
+
+def test_recent_reader_ignores_padding_and_reads_order_and_content() -> None:
+    from cmrec.heads.recent import RecentReader
+
+    torch.manual_seed(0)
+    reader = RecentReader(item_dim=6, segment_len=4)
+    torch.nn.init.normal_(reader.recency)  # trained values; zeros at the start would hide the order
+    clicks, candidates = torch.randn(5, 3, 6), torch.randn(5, 6)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 0]], dtype=torch.bool)
+    base = reader(clicks, mask, candidates)
+    # Padding never counts: other values there, or more padded columns, give the same logits.
+    noisy = torch.where(mask[:, :, None], clicks, torch.randn_like(clicks))
+    torch.testing.assert_close(reader(noisy, mask, candidates), base)
+    wider = torch.cat([clicks, torch.randn(5, 2, 6)], dim=1)
+    torch.testing.assert_close(
+        reader(wider, torch.cat([mask, torch.zeros(5, 2, dtype=torch.bool)], 1), candidates), base
+    )
+    # No recent click: what is read does not depend on the clicks' values at all.
+    empty = reader(torch.zeros(5, 0, 6), torch.zeros(5, 0, dtype=torch.bool), candidates)
+    torch.testing.assert_close(empty[3], base[3])
+    # The clicks and their order count.
+    swapped = clicks.clone()
+    swapped[0, [0, 2]] = clicks[0, [2, 0]]
+    assert (reader(swapped, mask, candidates)[0] - base[0]).abs() > 1e-6
+    assert (reader(clicks + 1, mask, candidates)[:3] - base[:3]).abs().min() > 1e-6
+    assert (base >= 0).all()  # evidence for a candidate only: softplus of the MLP's logit
+
+
+def test_counting_a_partial_segment_is_what_writing_it_does_to_the_mean_and_profile(small_data) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = build_model("cm", DataSpec.from_vocabs(small_data.vocabs), TINY).eval()
+    assert isinstance(model, ContinualMemoryModel)
+    machine, slots = model.machine, model.config.slots
+    memory = machine(
+        machine.initial_memory(3), torch.randn(3, 2, 4, 8), torch.ones(3, 2, 4, dtype=torch.bool)
+    )
+    clicks = torch.randn(3, 4, 8)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    written = machine(memory, clicks[:, None], mask[:, None])
+    counted = machine.count_partial(memory, clicks, mask)
+    torch.testing.assert_close(counted[:, slots:], written[:, slots:])  # the mean, profile and count
+    torch.testing.assert_close(counted[:, :slots], memory[:, :slots])  # the slots: whole segments only
+    torch.testing.assert_close(counted[2], memory[2])  # no click: nothing changes
+    assert (counted[0, slots:] - memory[0, slots:]).abs().max() > 1e-4

@@ -37,10 +37,11 @@ def stream(users: int = 24, length: int = 30, seed: int = 0) -> pd.DataFrame:
     return events[~repeated.to_numpy()].reset_index(drop=True)
 
 
-def make_run(folder: Path, events: pd.DataFrame, seed: int = 0, name: str = "cm") -> Path:
+def make_run(folder: Path, events: pd.DataFrame, seed: int = 0, name: str = "cm", **config: Any) -> Path:
+    """An (untrained) run folder of model `name` over `events`; `config` overrides the tiny config."""
     data = build_from_events(validate_events(events), SplitConfig(max_len=10_000))
     torch.manual_seed(seed)
-    overrides = TINY if name.startswith("cm") else {"item_dim": 8}
+    overrides = {**(TINY if name.startswith("cm") else {"item_dim": 8}), **config}
     model = build_model(name, DataSpec.from_vocabs(data.vocabs), overrides)
     folder.mkdir(parents=True, exist_ok=True)
     config = model_config(name, overrides)

@@ -26,17 +26,25 @@ def requests_of(log: pd.DataFrame, per_user: int = 3, seed: int = 0) -> pd.DataF
     )
 
 
+@pytest.mark.parametrize("recent", [False, True], ids=["pending-written", "pending-read"])
 def test_store_scores_equal_the_batch_path_over_the_same_clicks(
-    tmp_path: Path, run_dir: Path, log: pd.DataFrame, log_file: Path
+    tmp_path: Path, run_dir: Path, log: pd.DataFrame, log_file: Path, recent: bool
 ) -> None:
+    """Pending clicks written as a masked segment at request time, or (``recent_clicks``) read by
+    the head beside the memory of whole segments: either way the store path is the batch path."""
+    run = make_run(tmp_path / "recent", log, recent_clicks=True) if recent else run_dir
     requests = requests_of(log)
-    refresh_store(run_dir, log_file, tmp_path / "store", progress=False)
-    stored = score_requests(run_dir, tmp_path / "store", requests).frame["score"].to_numpy()
-    batch = score_histories(run_dir, validate_events(log), requests)
+    refresh_store(run, log_file, tmp_path / "store", progress=False)
+    stored = score_requests(run, tmp_path / "store", requests).frame["score"].to_numpy()
+    batch = score_histories(run, validate_events(log), requests)
     lengths = log.groupby("user_id").size()
     assert (lengths % 4 != 0).any()  # some users have pending clicks (N = 4 in the tiny config)
     np.testing.assert_allclose(stored, batch, rtol=0, atol=1e-5)
     assert batch.std() > 1e-3  # the scores depend on the user and item: not one constant
+    ignored = score_requests(run, tmp_path / "store", requests, pending="ignore").frame["score"].to_numpy()
+    with_pending = requests["user_id"].map(lengths % 4 != 0).to_numpy()
+    assert np.abs(ignored - stored)[with_pending].min() > 1e-7  # the pending clicks count
+    np.testing.assert_allclose(ignored[~with_pending], stored[~with_pending], rtol=0, atol=1e-6)
 
 
 def test_batch_path_changes_with_the_history(run_dir: Path, log: pd.DataFrame) -> None:
