@@ -36,7 +36,7 @@ from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.errors import ConfigError
 from cmrec.models import ContinualMemoryModel, DataSpec, build_model, model_names
 from cmrec.output import ModelOutput
-from cmrec.pipelines._common import run_command
+from cmrec.pipelines._common import read_overrides, run_command
 from cmrec.pipelines.bench_serving import add_serving_arguments, print_serving, run_serving
 from cmrec.train import Batches
 
@@ -57,10 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data and weights")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file of config values for the cm models measured (e.g. `recent_clicks: true`); "
+        "the other models keep their presets",
+    )
     add_serving_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    args.cm_overrides = read_overrides(args.config)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.serving:
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "matmul_gflops_per_second": _matmul_rate(),
+        "cm_config": args.cm_overrides,  # --config: what the cm models changed from their presets
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _bench_model(name: str, data: ClickLogData, args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
-    model = build_model(name, DataSpec.from_vocabs(data.vocabs)).train()
+    overrides = args.cm_overrides if name.startswith("cm") else None
+    model = build_model(name, DataSpec.from_vocabs(data.vocabs), overrides).train()
     loader = Batches(data, model.needs, args.batch_size, args.seed).loader("train")  # what the model needs
     batches = list(loader)[: args.steps + 1]
     targets = sum(b.num_samples + len(b.history_targets or ()) for b in batches[1:]) / args.steps

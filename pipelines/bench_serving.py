@@ -85,7 +85,7 @@ def run_serving(args: argparse.Namespace) -> dict[str, Any]:
     events = generate(SyntheticConfig(users=2 * USERS_PER_GROUP, length=longest, seed=args.seed)).events()
     vocabs = build_from_events(validate_events(events), SplitConfig(max_len=longest)).vocabs
     spec = DataSpec.from_vocabs(vocabs)
-    cm = build_model("cm", spec).eval()
+    cm = build_model("cm", spec, getattr(args, "cm_overrides", None)).eval()
     assert isinstance(cm, ContinualMemoryModel)
     baselines = {name: build_model(name, spec).eval() for name in ("dien", "gru4rec")}
     incremental: dict[str, IncrementalModel] = {}
@@ -119,6 +119,7 @@ def run_serving(args: argparse.Namespace) -> dict[str, Any]:
             targets["cm_50x_faster_than_dien (>= 50)"] = targets["dien_over_cm_at_1000"] >= 50
     return {
         "benchmark": "serving",
+        "cm_config": getattr(args, "cm_overrides", {}),  # `cmrec bench --config`
         "candidates": args.candidates,
         "requests": args.requests,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

@@ -23,6 +23,19 @@ def test_bench_writes_step_time_parts_and_flops(tmp_path: Path, capsys: pytest.C
     assert cm["parts"]["encoder"]["flops_per_sample"] > cm["parts"]["reason_head"]["flops_per_sample"] > 0
     assert "parts" not in dien
     assert capsys.readouterr().out.count("s/step") == 2
+    assert result["cm_config"] == {}  # the presets as registered
+
+
+def test_bench_config_changes_the_cm_models_only(tmp_path: Path) -> None:
+    config = tmp_path / "recent.yaml"
+    config.write_text("recent_clicks: true\n")
+    out = tmp_path / "recent.json"
+    argv = ["bench", "--model", "cm", "gru4rec", "--length", "40", "--batch-size", "8", "--steps", "1"]
+    assert cli.main([*argv, "--config", str(config), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["cm_config"] == {"recent_clicks": True}
+    cm, gru4rec = result["runs"]
+    assert cm["parts"]["reason_head"]["flops_per_sample"] > 0 and gru4rec["samples_per_second"] > 0
 
 
 def test_bench_refuses_bad_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
