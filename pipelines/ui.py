@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from types import FrameType
 from urllib.parse import urlparse
 
 from cmrec.errors import CmrecError
@@ -51,13 +50,9 @@ def run(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port), "--workers", "1"]
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    # Both signals are ours before the server starts. SIGINT explicitly so: a shell starts a
-    # background job (`cmrec ui &` in a script) with SIGINT ignored, Python then leaves it
-    # ignored, and Ctrl-C would stop the script but leave the server running.
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt here, SIGINT even in a background job that
+    # inherited it ignored (`run_guarded` takes both for every command): the server's group is
+    # then stopped below, and stopping the UI that way is its normal end.
     server: subprocess.Popen[bytes] | None = None
     try:
         server = subprocess.Popen(command, start_new_session=True)  # its own process group
@@ -76,9 +71,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if server is not None and server.poll() is None:
             _stop_group(server)
-        for sig, handler in previous.items():
-            if handler is not None:  # None: a handler not installed from Python, nothing to restore
-                signal.signal(sig, handler)
 
 
 def _check_port_free(host: str, port: int) -> None:
