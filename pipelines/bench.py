@@ -170,11 +170,12 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
     x = x.detach().requires_grad_()
     features = model.machine.encoder(x, mask).detach().requires_grad_()
     initial = model.initial_memory(x.shape[0])
-    states = model.machine.trajectory(initial, x, mask).detach().requires_grad_()  # (H, T, K, d_m)
+    keys = model.key_grid(batch.history)  # the count sketch's keys (None without it)
+    states = model.machine.trajectory(initial, x, mask, keys).detach().requires_grad_()  # (H, T, R, d_m)
     memory = model.machine.slots_of(states[:, -1])
 
-    def update_loop() -> torch.Tensor:
-        return model.machine.write_features(initial, features, mask, x)
+    def update_loop() -> torch.Tensor:  # the slots' update, the recurrent row and the running means
+        return model.machine.write_features(initial, features, mask, x, keys)
 
     parts: dict[str, Callable[[], torch.Tensor]] = {
         "embeddings": lambda: model.embeddings(batch.history)[0],

@@ -27,6 +27,16 @@ one more feature, ``log(bins * a_C · profile)``: how much more of the history f
 candidate's prototypes than on average (0 for a uniform profile). ``a_C · profile`` is the mean of
 the kernel ``a(e_C) · a(x)`` over the history's items: the learned form of
 "how often did this user click this kind of item", whatever long ago.
+
+With ``count_buckets`` the memory also holds an exact count sketch (the share of the history
+whose key, the category or the item, falls in each of C buckets): the mean's MLP gets the
+candidate's share ``c`` as ``log(C c + 1/C)`` and ``c``, and the history's length as ``log(1 +
+segments)``: the counting rule "how often did this user click the candidate's category" as a
+feature, exact however long the history.
+
+With ``recurrent`` the memory holds a GRU state over every click (`ContinualMemoryMachine`): a
+third addend, GRU4REC's read-out ``MLP([h; e_C; W e_C ⊙ h])``, joins the slots' logit
+(``recurrent_readout: own``), or ``[h; W e_C ⊙ h]`` join the mean's MLP features (``with_mean``).
 """
 
 from __future__ import annotations
@@ -39,12 +49,13 @@ from torch.nn import functional
 
 from cmrec.baselines.common import MLP
 from cmrec.errors import ConfigError
-from cmrec.memory.machine import split_memory
+from cmrec.memory.machine import MemoryParts, count_rows, split_memory
 from cmrec.memory.profile import Prototypes
 
 Readout = Literal["linear", "match"]
 READOUTS: tuple[str, ...] = ("linear", "match")
 SLOT_EVIDENCE: tuple[str, ...] = ("signed", "positive")
+RECURRENT_READOUTS: tuple[str, ...] = ("own", "beside_mean", "with_mean")
 
 
 class _Hop(nn.Module):
@@ -98,6 +109,13 @@ class ReasonHead(nn.Module):
         slot_evidence: with ``history_mean``, "signed" (the slots' logit is added as it is) or
             "positive" (``softplus`` of it is added: the slots can only add evidence for a
             candidate, so a candidate the slots no longer hold is judged by the mean alone).
+        slots: K (needed with ``recurrent`` or ``count_buckets``, to find the rows).
+        recurrent: the memory has the recurrent row after the slots.
+        count_buckets: C count-sketch entries in the memory (with ``history_mean``; 0: none).
+        recurrent_readout: "own" (the recurrent row's logit is added to the slots'), "beside_mean"
+            (added to the mean's, so that the mean's own loss trains the two together) or
+            "with_mean" (its ``[h; W e_C ⊙ h]`` join the mean's MLP features: one MLP weighs
+            recency and counts).
 
     Example::
 
@@ -117,8 +135,28 @@ class ReasonHead(nn.Module):
         profile_rows: int = 0,
         slot_evidence: str = "signed",
         prototypes: Prototypes | None = None,
+        slots: int | None = None,
+        recurrent: bool = False,
+        count_buckets: int = 0,
+        recurrent_readout: str = "own",
     ) -> None:
         super().__init__()
+        if recurrent_readout not in RECURRENT_READOUTS:
+            raise ConfigError(
+                f"recurrent_readout must be one of {RECURRENT_READOUTS}, got {recurrent_readout!r}"
+            )
+        joint = recurrent and recurrent_readout == "with_mean"
+        if recurrent and recurrent_readout != "own" and not history_mean:
+            raise ConfigError(f"recurrent_readout {recurrent_readout!r} needs history_mean")
+        self.recurrent = recurrent
+        self.recurrent_beside_mean = recurrent and recurrent_readout == "beside_mean"
+        if (recurrent or count_buckets) and slots is None:
+            raise ConfigError("a recurrent row or a count sketch needs the number of slots")
+        if count_buckets and not history_mean:
+            raise ConfigError("count_buckets needs history_mean")
+        self.slots = slots
+        self.count_buckets = count_buckets
+        self.count_rows = count_rows(count_buckets, memory_dim)
         if profile_rows and not history_mean:
             raise ConfigError("profile_rows needs history_mean")
         if slot_evidence not in SLOT_EVIDENCE:
@@ -142,8 +180,15 @@ class ReasonHead(nn.Module):
             self.output = MLP(4 * model_dim + 2, mlp)
         self.history_mean = history_mean
         self.profile_rows = profile_rows
-        self.mean_output: nn.Module | None = (
-            MLP(3 * memory_dim + (1 if profile_rows else 0), mlp) if history_mean else None
+        mean_features = 3 * memory_dim + (1 if profile_rows else 0) + (3 if count_buckets else 0)
+        mean_features += 2 * memory_dim if joint else 0
+        self.mean_output: nn.Module | None = MLP(mean_features, mlp) if history_mean else None
+        # The recurrent row's read-out: its own MLP (a third addend), or features of the mean's MLP.
+        self.recurrent_output: nn.Module | None = (
+            MLP(2 * memory_dim + item_dim, mlp) if recurrent and not joint else None
+        )
+        self.recurrent_target: nn.Module | None = (
+            nn.Linear(item_dim, memory_dim, bias=False) if recurrent else None
         )
         # candidate -> its assignment to the profile's P x d_m prototypes.
         if profile_rows and prototypes is None:
@@ -151,23 +196,28 @@ class ReasonHead(nn.Module):
         self.assign: Prototypes | None = prototypes if profile_rows else None
 
     def forward(
-        self, memory: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor | None = None
+        self,
+        memory: torch.Tensor,
+        candidates: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """memory: (S, R, d_m) (R = K, or K + 2 + P with the history mean and P profile rows);
-        candidates: (S, d_x) -> (S,) logits.
+        candidates: (S, d_x) -> (S,) logits; keys: (S,) the candidates' count-sketch keys (needed
+        with ``count_buckets`` only).
 
         With `rows` (S,), memory is (M, R, d_m) and candidate i is scored against memory
         ``rows[i]``: the same logits as ``forward(memory[rows], candidates)``, cheaper when many
         candidates share a memory.
         """
-        slot_logits, mean_logits = self.logit_parts(memory, candidates, rows)
+        slot_logits, mean_logits = self.logit_parts(memory, candidates, rows, keys)
         return slot_logits if mean_logits is None else slot_logits + mean_logits
 
     @torch.no_grad()
     def slot_attention(self, memory: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """What each hop reads: (S, R, d_m) memories and (S, d_x) candidates -> (S, C, K) the
         attention weights over the K slots at each of the C hops (each row sums to 1)."""
-        slots, _, _ = split_memory(memory, self.history_mean, self.profile_rows)
+        slots = self._split(memory).slots
         query = self.query_in(candidates)
         weights = []
         for hop in self.hops:
@@ -176,26 +226,69 @@ class ReasonHead(nn.Module):
             query = hop(slots, query)
         return torch.stack(weights, dim=1)
 
+    def _split(self, memory: torch.Tensor) -> MemoryParts:
+        return split_memory(
+            memory, self.history_mean, self.profile_rows, self.slots, self.recurrent, self.count_rows
+        )
+
     def logit_parts(
-        self, memory: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor | None = None
+        self,
+        memory: torch.Tensor,
+        candidates: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`forward`'s two addends: the slots' logit and the history mean's (None without it)."""
+        """`forward`'s two addends: the slots' logit (with the recurrent row's) and the history
+        mean's (None without it)."""
         mean_logits: torch.Tensor | None = None
-        # memory becomes the slots (M, K, d_m); the mean (M, d_m) and the profile (M, P d_m) or None.
-        memory, mean, profile = split_memory(memory, self.history_mean, self.profile_rows)
-        if self.mean_output is not None and mean is not None:
-            mean = mean if rows is None else mean[rows]  # (S, d_m)
+        parts_of = self._split(memory)
+        memory = parts_of.slots  # (M, K, d_m)
+
+        def rowed(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor if rows is None else tensor[rows]
+
+        if self.mean_output is not None and parts_of.mean is not None:
+            mean = rowed(parts_of.mean)  # (S, d_m)
             parts = [mean, candidates, mean * candidates]  # (S, 3 d_m)
-            if self.assign is not None and profile is not None:
-                profile = profile if rows is None else profile[rows]  # (S, P d_m)
+            if self.assign is not None and parts_of.profile is not None:
+                profile = rowed(parts_of.profile)  # (S, P d_m)
                 share = (self.assign(candidates) * profile).sum(dim=-1)  # (S,)
                 parts.append(torch.log(share.clamp(min=1e-6) * profile.shape[-1])[:, None])
+            if self.count_buckets and parts_of.counts is not None and parts_of.segments is not None:
+                if keys is None:
+                    raise ConfigError("count_buckets: scoring needs the candidates' count-sketch keys")
+                counts = rowed(parts_of.counts)  # (S, rows x d_m >= C)
+                own = counts.gather(1, (keys.long() % self.count_buckets)[:, None])  # (S, 1)
+                buckets = float(self.count_buckets)
+                length = torch.log1p(rowed(parts_of.segments))[:, None]
+                parts += [torch.log(own * buckets + 1.0 / buckets), own, length]
+            if self.recurrent and self.recurrent_output is None and self.recurrent_target is not None:
+                assert parts_of.recurrent is not None
+                state = rowed(parts_of.recurrent)  # (S, d_m)
+                parts += [state, self.recurrent_target(candidates) * state]
             mean_logits = self.mean_output(torch.cat(parts, dim=-1)).squeeze(-1)
+        recurrent_logits: torch.Tensor | None = None
+        if self.recurrent_output is not None and self.recurrent_target is not None:
+            assert parts_of.recurrent is not None
+            state = rowed(parts_of.recurrent)  # (S, d_m)
+            features = torch.cat([state, candidates, self.recurrent_target(candidates) * state], dim=-1)
+            recurrent_logits = self.recurrent_output(features).squeeze(-1)
+        slot_logits = self._slot_logits(memory, candidates, rows)
+        if recurrent_logits is not None and self.recurrent_beside_mean and mean_logits is not None:
+            mean_logits = mean_logits + recurrent_logits
+        elif recurrent_logits is not None:
+            slot_logits = slot_logits + recurrent_logits
+        return slot_logits, mean_logits
+
+    def _slot_logits(
+        self, memory: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(M, K, d_m) slots -> (S,) the slots' logit."""
         first = query = self.query_in(candidates)  # (S, d_model) q_0
         for hop in self.hops:
             query = hop(memory, query, rows)
         if self.readout == "linear":
-            return self.output(query).squeeze(-1), mean_logits
+            return self.output(query).squeeze(-1)
         if rows is not None:
             memory = memory[rows]  # (S, K, d_m)
         scores = (memory @ self.match(first)[:, :, None]).squeeze(-1) * memory.shape[-1] ** -0.5  # (S, K)
@@ -204,4 +297,4 @@ class ReasonHead(nn.Module):
         slot_logits = self.output(features).squeeze(-1)
         if self.positive_slots:
             slot_logits = functional.softplus(slot_logits)
-        return slot_logits, mean_logits
+        return slot_logits

@@ -5,8 +5,11 @@ Shape letters: B batch, T segments, N items per segment, K slots, d_x item width
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
+from torch.nn import functional
 
 from cmrec.errors import ConfigError
 from cmrec.memory.encoder import SegmentEncoder
@@ -34,7 +37,19 @@ class ContinualMemoryMachine(nn.Module):
     P x d_m learned prototypes, ``a(x)`` (`Prototypes`, a softmax of cosine logits): a histogram
     of the whole history over learned clusters, summing to 1. It is kept exactly like the mean,
     so it shares the mean's guarantees; the reason head reads how much of it falls on a candidate's prototypes
-    (`cmrec.heads.reason`). Row layout: K slots, the mean, P profile rows, the count.
+    (`cmrec.heads.reason`).
+
+    With ``count_buckets`` C > 0 (and ``history_mean``), ceil(C / d_m) rows hold an exact *count sketch*:
+    the mean over segments of each segment's histogram of its items' keys (category ids, or item
+    ids when the data has none) taken modulo C, kept like the mean. With C at least the number of
+    keys it is exact: entry c is the share of the history whose key is c.
+
+    With ``recurrent`` (not in the paper) one row right after the slots holds the state of a GRU
+    (hidden size d_m) run over every click, oldest first, on the raw item embeddings: the state
+    after the last click written. It is what the memory knows of the order of the latest clicks,
+    which the segment encoder sees only inside a segment. Written in chunks it equals the whole
+    write, because each chunk's GRU starts from the row. Row layout: K slots, [the recurrent row],
+    [the mean, P profile rows, ceil(C / d_m) count rows, the segment count].
 
     Args:
         encoder: the segment encoder.
@@ -43,6 +58,8 @@ class ContinualMemoryMachine(nn.Module):
         memory_dim: d_m (the item width, when ``history_mean``).
         history_mean: keep the two history-mean rows.
         profile_rows: P interest-profile rows (needs ``history_mean``; 0: none).
+        count_buckets: C count-sketch entries, in ceil(C / d_m) rows (needs ``history_mean``; 0: none).
+        recurrent: keep the recurrent row (its GRU reads d_m-wide items: d_x must equal d_m).
 
     Example::
 
@@ -58,10 +75,21 @@ class ContinualMemoryMachine(nn.Module):
         memory_dim: int,
         history_mean: bool = False,
         profile_rows: int = 0,
+        count_buckets: int = 0,
+        recurrent: bool = False,
     ) -> None:
         super().__init__()
         if profile_rows and not history_mean:
             raise ConfigError("profile_rows needs history_mean (the profile rows sit beside the mean)")
+        if count_buckets and not history_mean:
+            raise ConfigError(f"count_buckets ({count_buckets}) needs history_mean")
+        self.memory_dim = memory_dim
+        self.count_buckets = count_buckets
+        self.recurrent: nn.GRU | None = (
+            nn.GRU(memory_dim, memory_dim, batch_first=True) if recurrent else None
+        )
+        # Row of the first running mean: after the slots and the recurrent row.
+        self.mean_start = slots + (1 if recurrent else 0)
         self.encoder = encoder
         self.update = update
         self.slots = slots
@@ -77,65 +105,105 @@ class ContinualMemoryMachine(nn.Module):
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """(B, rows, d_m) the learned initial memory, for users with no history yet."""
         slots = self.initial.unsqueeze(0).expand(batch_size, -1, -1)
-        if not self.history_mean:
+        extra = (1 if self.recurrent is not None else 0) + (
+            self.rows - self.mean_start if self.history_mean else 0
+        )
+        if not extra:
             return slots
-        extra = MEAN_ROWS + self.profile_rows
         return torch.cat([slots, slots.new_zeros(batch_size, extra, slots.shape[-1])], dim=1)
 
-    def forward(self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    @property
+    def rows(self) -> int:
+        """Rows of one memory (see the class docstring's row layout)."""
+        if not self.history_mean:
+            return self.mean_start
+        return (
+            self.mean_start + MEAN_ROWS + self.profile_rows + count_rows(self.count_buckets, self.memory_dim)
+        )
+
+    def forward(
+        self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Write T segments, oldest first.
 
         Args:
             memory: (B, rows, d_m) memory before the segments.
             x: (B, T, N, d_x) segment item features.
             mask: (B, T, N) real items.
+            keys: (B, T, N) the items' count-sketch keys (needed with ``count_buckets`` only).
 
         Returns:
             (B, rows, d_m) memory after the segments.
         """
         features = self.encoder(x, mask)  # (B, T, N, d_x), one call for all segments
-        return self.write_features(memory, features, mask, x)
+        return self.write_features(memory, features, mask, x, keys)
 
-    def trajectory(self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def trajectory(
+        self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Like `forward`, but the memory after *every* segment: (B, T, rows, d_m), oldest first.
 
         ``trajectory(...)[:, -1]`` is `forward`'s result (trailing padding segments change nothing);
         ``[:, t]`` is the memory after segments 0..t, what dense training scores segment t + 1 with.
         """
         features = self.encoder(x, mask)  # (B, T, N, d_x)
-        return torch.stack(self._states(memory, features, mask, x), dim=1)
+        return torch.stack(self._states(memory, features, mask, x, keys), dim=1)
 
     def write_features(
-        self, memory: torch.Tensor, features: torch.Tensor, mask: torch.Tensor, x: torch.Tensor
+        self,
+        memory: torch.Tensor,
+        features: torch.Tensor,
+        mask: torch.Tensor,
+        x: torch.Tensor,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The memory update alone: write already encoded (B, T, N, d_x) features of the
         (B, T, N, d_x) items `x`, oldest first."""
-        states = self._states(memory, features, mask, x)
+        states = self._states(memory, features, mask, x, keys)
         return states[-1] if states else memory
 
-    def count_partial(self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, rows, d_m) memories with a partial segment, (B, W, d_x) items and their (B, W) mask,
-        counted in the history-mean and profile rows only: what writing it does to those rows, at
-        the cost of a mean (no encoder, no update). The slots are left as they are; a row without
-        a real item, and a memory without ``history_mean``, are returned unchanged."""
-        if not self.history_mean or x.shape[1] == 0:
+    def count_partial(
+        self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, rows, d_m) memories with a partial segment, (B, W, d_x) items, their (B, W) mask
+        (real items first) and (B, W) count-sketch keys, counted in the running means (history
+        mean, profile, count sketch) and run through the recurrent row: what writing it does to
+        those rows, without the encoder and the slots' update. The slots are left as they are; a
+        row without a real item is returned unchanged."""
+        if x.shape[1] == 0 or (not self.history_mean and self.recurrent is None):
             return memory
-        values = self._segment_values(x[:, None], mask[:, None])[:, 0]  # (B, V, d_m)
-        rows = memory[:, self.slots :]
-        counted = torch.where(mask.any(dim=-1)[:, None, None], _add_to_mean(rows, values), rows)
-        return torch.cat([memory[:, : self.slots], counted], dim=1)
+        parts = [memory[:, : self.slots]]
+        if self.recurrent is not None:
+            states = self._recurrent_states(memory[:, self.slots], x[:, None], mask[:, None])  # (B, 1, d_m)
+            parts.append(states[:, 0][:, None])
+        if self.history_mean:
+            values = self._segment_values(x[:, None], mask[:, None], _keys_of(keys, 1))[:, 0]  # (B, V, d_m)
+            rows = memory[:, self.mean_start :]
+            parts.append(torch.where(mask.any(dim=-1)[:, None, None], _add_to_mean(rows, values), rows))
+        return torch.cat(parts, dim=1)
 
     def slots_of(self, memory: torch.Tensor) -> torch.Tensor:
         """(..., K, d_m) the slots of (..., rows, d_m) memories (what attention and recall read)."""
         return memory[..., : self.slots, :]
 
     def _states(
-        self, memory: torch.Tensor, features: torch.Tensor, mask: torch.Tensor, x: torch.Tensor
+        self,
+        memory: torch.Tensor,
+        features: torch.Tensor,
+        mask: torch.Tensor,
+        x: torch.Tensor,
+        keys: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """The T memories after each segment, (B, rows, d_m) each: the one update loop."""
         projected = self.update.project_items(features)  # (B, T, N, d_model)
         live = mask.any(dim=-1)  # (B, T) segments with at least one item
-        means = self._segment_values(x, mask)  # (B, T, V, d_m): what the running means take in
+        means = self._segment_values(x, mask, keys)  # (B, T, V, d_m): what the running means take in
+        # (B, T, d_m) the recurrent row after each segment: one GRU pass over all the clicks.
+        recurrent = (
+            self._recurrent_states(memory[:, self.slots], x, mask)
+            if self.recurrent is not None
+            else x.new_zeros(*x.shape[:2], 0)
+        )
         states = []
         # unbind once: indexing [:, t] in the loop would give each step's backward a whole-size gradient.
         steps = zip(
@@ -144,42 +212,108 @@ class ContinualMemoryMachine(nn.Module):
             mask.unbind(1),
             live.unbind(1),
             means.unbind(1),
+            recurrent.unbind(1),
             strict=True,
         )
-        for features_t, projected_t, mask_t, live_t, mean_t in steps:  # sequential over segments only
+        for features_t, projected_t, mask_t, live_t, mean_t, recurrent_t in steps:  # sequential over segments
             written = self.update(self.slots_of(memory), features_t, projected_t, mask_t)
+            if self.recurrent is not None:
+                written = torch.cat([written, recurrent_t[:, None]], dim=1)
             if self.history_mean:
-                written = torch.cat([written, _add_to_mean(memory[:, self.slots :], mean_t)], dim=1)
+                written = torch.cat([written, _add_to_mean(memory[:, self.mean_start :], mean_t)], dim=1)
             memory = torch.where(live_t[:, None, None], written, memory)
             states.append(memory)
         return states
 
-    def _segment_values(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, V, d_m) per segment: its mean item and (with the profile) its mean prototype
-        assignment as P rows; V = 0 without ``history_mean``."""
+    def _recurrent_states(self, state: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, d_m) recurrent rows, (B, T, N, d_x) items and their mask -> (B, T, d_m) the row after
+        each segment's last real click (the row before it for an empty segment).
+
+        The GRU runs once over the T x N grid flattened; padding may only follow the real clicks
+        (a right-padded history, or whole segments and then a partial one), so no state read ever
+        saw a padded step.
+        """
+        assert self.recurrent is not None
+        batch, segments, length = mask.shape
+        flat = mask.reshape(batch, -1)
+        if flat.shape[1] > 1 and bool((flat[:, 1:] & ~flat[:, :-1]).any()):
+            raise ConfigError("the recurrent row needs each history's real clicks first, padding after them")
+        outputs, _ = self.recurrent(x.reshape(batch, segments * length, -1), state[None].contiguous())
+        real = mask.sum(dim=-1)  # (B, T)
+        last = (torch.arange(segments, device=x.device) * length)[None] + (real - 1).clamp(min=0)  # (B, T)
+        ends = outputs.gather(1, last[..., None].expand(-1, -1, outputs.shape[-1]))  # (B, T, d_m)
+        # An empty segment keeps the state before it; only trailing segments can be empty.
+        previous = torch.cat([state[:, None], ends[:, :-1]], dim=1)
+        return torch.where((real > 0)[..., None], ends, previous)
+
+    def _segment_values(
+        self, x: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, V, d_m) per segment: its mean item, (with the profile) its mean prototype
+        assignment as P rows and (with the count sketch) its key histogram as C / d_m rows; V = 0
+        without ``history_mean``."""
         if not self.history_mean:
             return x.new_zeros((*x.shape[:2], 0, x.shape[-1]))
         values = [_segment_means(x, mask)[:, :, None]]  # (B, T, 1, d_x)
         if self.prototypes is not None:
             assignment = self.prototypes(x)  # (B, T, N, P d_m)
             values.append(_segment_means(assignment, mask).unflatten(-1, (self.profile_rows, x.shape[-1])))
+        if self.count_buckets:
+            if keys is None:
+                raise ConfigError("count_buckets: writing a memory needs the items' count-sketch keys")
+            weights = mask.to(x.dtype)
+            histogram = x.new_zeros(*mask.shape[:2], self.count_buckets)
+            histogram.scatter_add_(2, keys.long() % self.count_buckets, weights)  # (B, T, C)
+            histogram = histogram / weights.sum(dim=2, keepdim=True).clamp(min=1.0)
+            width = count_rows(self.count_buckets, x.shape[-1]) * x.shape[-1]  # whole rows; the rest stays 0
+            histogram = functional.pad(histogram, (0, width - self.count_buckets))
+            values.append(histogram.unflatten(-1, (-1, x.shape[-1])))
         return torch.cat(values, dim=2)
 
 
 MEAN_ROWS = 2  # the history mean and its segment count (`ContinualMemoryMachine`, history_mean)
 
 
+class MemoryParts(NamedTuple):
+    """The parts of (M, rows, d_m) memories (`split_memory`); None where the layout has none."""
+
+    slots: torch.Tensor  # (M, K, d_m)
+    mean: torch.Tensor | None  # (M, d_m) the history mean
+    profile: torch.Tensor | None  # (M, P d_m) the interest profile
+    recurrent: torch.Tensor | None  # (M, d_m) the recurrent row
+    counts: torch.Tensor | None  # (M, C) the count sketch
+    segments: torch.Tensor | None  # (M,) segments counted in the running means
+
+
 def split_memory(
-    memory: torch.Tensor, history_mean: bool, profile_rows: int = 0
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(M, rows, d_m) memories -> the slots (M, K, d_m), the history mean (M, d_m) or None, and
-    the interest profile (M, P d_m) or None: the one place that knows the row layout."""
+    memory: torch.Tensor,
+    history_mean: bool,
+    profile_rows: int = 0,
+    slots: int | None = None,
+    recurrent: bool = False,
+    count_rows: int = 0,
+) -> MemoryParts:
+    """(M, rows, d_m) memories -> their `MemoryParts`: the one place that knows the row layout
+    (`ContinualMemoryMachine`). `slots` is K (None: every row before the running means)."""
+    extra = MEAN_ROWS + profile_rows + count_rows if history_mean else 0
+    if slots is None:
+        slots = memory.shape[1] - extra - (1 if recurrent else 0)
+    state = memory[:, slots] if recurrent else None
     if not history_mean:
-        return memory, None, None
-    extra = MEAN_ROWS + profile_rows
-    slots, mean = memory[:, :-extra], memory[:, -extra]
-    profile = memory[:, -extra + 1 : -1].flatten(1) if profile_rows else None
-    return slots, mean, profile
+        return MemoryParts(memory[:, :slots], None, None, state, None, None)
+    means = memory[:, memory.shape[1] - extra :]  # mean, P profile rows, count rows, the count
+    profile = means[:, 1 : 1 + profile_rows].flatten(1) if profile_rows else None
+    counts = means[:, 1 + profile_rows : -1].flatten(1) if count_rows else None
+    return MemoryParts(memory[:, :slots], means[:, 0], profile, state, counts, means[:, -1, 0])
+
+
+def count_rows(buckets: int, memory_dim: int) -> int:
+    """Memory rows of a count sketch of `buckets` entries: ceil(C / d_m) (the last row zero-padded)."""
+    return -(-buckets // memory_dim)
+
+
+def _keys_of(keys: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+    return None if keys is None else keys.unsqueeze(dim)
 
 
 def _segment_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

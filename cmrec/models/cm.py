@@ -1,8 +1,8 @@
 """Continual Memory assembled: embeddings -> memory machine G -> reason head R (+ recall model H).
 
 Shape letters: S samples, H histories in the batch, T segments, N items per segment, K slots,
-R memory rows (K, or K + 2 + ``CMConfig.profile_rows`` with ``CMConfig.history_mean``), d_x item
-width, d_m slot width, P sampled items.
+R memory rows (`CMConfig.memory_rows`: K slots, and the recurrent, history-mean, profile and
+count-sketch rows that are on), d_x item width, d_m slot width, P sampled items.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from cmrec.data.batch import ITEM_KEY, Batch
 from cmrec.data.jagged import segment_jagged
+from cmrec.data.schema import CATEGORY_KEY
 from cmrec.data.vocab import NUM_RESERVED
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
@@ -61,9 +62,16 @@ class ContinualMemoryModel(RecModel):
             profile_rows=config.profile_rows,
             slot_evidence=config.slot_evidence,
             prototypes=self.machine.prototypes,  # one W_p: the profile's and the candidate's
+            slots=config.slots,
+            recurrent=config.recurrent_state,
+            count_buckets=config.count_buckets,
+            recurrent_readout=config.recurrent_readout,
         )
+        self.reads_pending = config.recent_clicks
         self.recent: RecentReader | None = (
-            RecentReader(config.item_dim, config.segment_len) if config.recent_clicks else None
+            RecentReader(config.item_dim, config.segment_len)
+            if config.recent_clicks and config.recent_reader
+            else None
         )
         self.needs = ModelNeeds(
             dense_targets=config.dense_targets, memory_shape=(config.memory_rows, config.memory_dim)
@@ -86,7 +94,7 @@ class ContinualMemoryModel(RecModel):
     def reads_recent(self) -> bool:
         """Whether `score` also reads the clicks since the last whole segment (`CMConfig.recent_clicks`):
         serving then passes a user's pending clicks instead of writing them into the memory."""
-        return self.recent is not None
+        return self.reads_pending
 
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """(B, rows, d_m) memory of users without history (`CMConfig.memory_rows`)."""
@@ -119,7 +127,16 @@ class ContinualMemoryModel(RecModel):
                 f"got {tuple(segment_items.shape)} and {tuple(mask.shape)}"
             )
         x = self.embeddings.lookup(segment_items, segment_categories)  # (B, T, N, d_x)
-        return self.machine(memory, x, mask.bool())
+        return self.machine(memory, x, mask.bool(), self.count_keys(segment_items, segment_categories))
+
+    def count_keys(self, items: torch.Tensor, categories: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The count-sketch key of each item (`CMConfig.count_buckets`): its category (given, or the
+        item's own) when the tables have categories, else the item id; None without the sketch."""
+        if not self.config.count_buckets:
+            return None
+        if not self.embeddings.num_categories:
+            return items.long()
+        return self.embeddings.item_category[items.long()] if categories is None else categories.long()
 
     def score(
         self,
@@ -135,8 +152,9 @@ class ContinualMemoryModel(RecModel):
         row) and their (S, W) category ids (None: each item's own); None means no recent clicks.
         """
         candidates = self.embeddings.lookup(items, categories)
-        if self.recent is None:
-            return self.reason(memory, candidates)
+        keys = self.count_keys(items, categories)
+        if not self.reads_pending:
+            return self.reason(memory, candidates, keys=keys)
         if recent is None:
             empty = torch.zeros(len(items), 0, dtype=torch.long, device=items.device)
             recent = (empty, empty.bool(), None)
@@ -145,8 +163,11 @@ class ContinualMemoryModel(RecModel):
         mask = recent_mask.bool()
         # The history mean and profile count the clicks as the partial segment they are; the slots
         # stay those of whole segments; the reader reads the clicks.
-        memory = self.machine.count_partial(memory, clicks, mask)
-        return self.reason(memory, candidates) + self.recent(clicks, mask, candidates)
+        memory = self.machine.count_partial(
+            memory, clicks, mask, self.count_keys(recent_items, recent_categories)
+        )
+        logits = self.reason(memory, candidates, keys=keys)
+        return logits if self.recent is None else logits + self.recent(clicks, mask, candidates)
 
     def build_memory(
         self, history: KeyedJaggedTensor
@@ -164,7 +185,7 @@ class ContinualMemoryModel(RecModel):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """`build_memory` with the memory after every segment: states (H, T, R, d_m), x, ids, mask."""
         x, ids, mask = self.segments(history)
-        states = self.machine.trajectory(self.initial_memory(x.shape[0]), x, mask)
+        states = self.machine.trajectory(self.initial_memory(x.shape[0]), x, mask, self.key_grid(history))
         return states, x, ids, mask
 
     def segments(self, history: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -173,6 +194,17 @@ class ContinualMemoryModel(RecModel):
         x, mask = segment_jagged(values, lengths, self.config.segment_len)
         ids, _ = segment_jagged(history[ITEM_KEY].values(), lengths, self.config.segment_len)
         return x, ids, mask
+
+    def key_grid(self, history: KeyedJaggedTensor) -> torch.Tensor | None:
+        """(H, T, N) count-sketch keys of the histories' clicks (the grid of `segments`), or None."""
+        if not self.config.count_buckets:
+            return None
+        lengths = history[ITEM_KEY].lengths()
+        given = history[CATEGORY_KEY].values() if self.embeddings.num_categories else None
+        keys = self.count_keys(history[ITEM_KEY].values(), given)
+        assert keys is not None
+        grid, _ = segment_jagged(keys, lengths, self.config.segment_len)
+        return grid
 
     def reason_logits(
         self,
@@ -207,7 +239,7 @@ class ContinualMemoryModel(RecModel):
         items, categories = batch.target_items, batch.target_categories
         targets = batch.history_targets
         dense = targets is not None and len(targets) > 0
-        if self.recent is None:
+        if not self.reads_pending:
             rows = batch.history_index * segments + segments - 1  # (S,) rows of states.flatten(0, 1)
             if dense:
                 assert targets is not None
@@ -235,14 +267,21 @@ class ContinualMemoryModel(RecModel):
             items = torch.cat([items, targets.items])
             categories = None if categories is None else torch.cat([categories, _given(targets.categories)])
         candidates = self.embeddings.lookup(items, categories)  # (S + D, d_x)
-        if self.recent is None:
-            return self.reason.logit_parts(memories, candidates, rows)  # one call for all targets
+        keys = self.count_keys(items, categories)
+        if not self.reads_pending:
+            return self.reason.logit_parts(memories, candidates, rows, keys)  # one call for all targets
         assert x is not None and mask is not None
-        recent, recent_mask = _recent_clicks(x, torch.cat(rows_of), torch.cat(ends))
-        # As `score` reads a store: the mean and profile also count the recent clicks.
-        memory = self.machine.count_partial(memories[rows], recent, recent_mask)
-        slot_logits, mean_logits = self.reason.logit_parts(memory, candidates)
-        return slot_logits + self.recent(recent, recent_mask, candidates), mean_logits
+        history_rows, history_ends = torch.cat(rows_of), torch.cat(ends)
+        recent, recent_mask = _recent_clicks(x, history_rows, history_ends)
+        key_grid = self.key_grid(batch.history)
+        recent_keys = None if key_grid is None else _recent_clicks(key_grid, history_rows, history_ends)[0]
+        # As `score` reads a store: the running means count the recent clicks, the recurrent row
+        # runs over them.
+        memory = self.machine.count_partial(memories[rows], recent, recent_mask, recent_keys)
+        slot_logits, mean_logits = self.reason.logit_parts(memory, candidates, keys=keys)
+        if self.recent is not None:
+            slot_logits = slot_logits + self.recent(recent, recent_mask, candidates)
+        return slot_logits, mean_logits
 
     def forward(self, batch: Batch) -> ModelOutput:
         states, x, ids, mask = self.build_trajectory(batch.history)  # one pass per distinct history
@@ -300,6 +339,8 @@ def _memory_machine(config: CMConfig) -> ContinualMemoryMachine:
         config.memory_dim,
         history_mean=config.history_mean,
         profile_rows=config.profile_rows,
+        count_buckets=config.count_buckets,
+        recurrent=config.recurrent_state,
     )
 
 
@@ -325,8 +366,9 @@ def _recent_clicks(
     x: torch.Tensor, rows: torch.Tensor, ends: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The clicks of history ``rows[j]`` since its last whole segment before index ``ends[j]``:
-    (J, N, d_x) from the segment grid x (H, T, N, d_x), and the (J, N) mask of the real ones (the
-    first ``ends[j] % N``): the clicks a store keeps pending for a user with ``ends[j]`` clicks."""
+    (J, N, ...) from the segment grid x (H, T, N, ...) (features or ids), and the (J, N) mask of
+    the real ones (the first ``ends[j] % N``): the clicks a store keeps pending for a user with
+    ``ends[j]`` clicks."""
     segment_len = x.shape[2]
     grid = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], dim=1)  # one more, empty, segment
     segment = ends // segment_len  # (J,) the segment the clicks are in (T when there are none)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, fields
 from cmrec.baselines.common import check_sample_share
 from cmrec.data.batch import DenseTargets
 from cmrec.errors import ConfigError
-from cmrec.heads.reason import READOUTS, SLOT_EVIDENCE
-from cmrec.memory.machine import MEAN_ROWS
+from cmrec.heads.reason import READOUTS, RECURRENT_READOUTS, SLOT_EVIDENCE
+from cmrec.memory.machine import MEAN_ROWS, count_rows
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,22 @@ class CMConfig:
             clicks) with a `RecentReader` and adds its logit. The memory it is read beside is then
             the one after the last *whole* segment, in training and in serving alike (no partial
             segment is written at request time), so every target sees every click before it.
+        recent_reader: with ``recent_clicks``, whether a `RecentReader` adds its logit (True), or
+            the clicks since are only counted in the running means and run through the recurrent
+            row (False).
+        recurrent_state: False (the paper), or one more memory row holding a GRU state (hidden
+            size d_m) run over every click on the raw item embeddings, read by GRU4REC's read-out as
+            a third addend of the logit: the order of the latest clicks across segment boundaries,
+            incremental per click (the store's pending clicks advance it at scoring time with
+            ``recent_clicks``). Needs item_dim == memory_dim.
+        recurrent_readout: with ``recurrent_state``, "own" (the row's read-out is an addend of
+            its own, beside the slots'), "beside_mean" (its logit is added to the history mean's,
+            which ``lambda_mean``'s loss then trains with it) or "with_mean" (its features join
+            the history mean's MLP); the last two need ``history_mean``.
+        count_buckets: 0 (off), or C entries (in ceil(C / d_m) memory rows, with ``history_mean``) of an exact
+            count sketch in the memory: the share of the history whose category (item, on data
+            without categories) is c, modulo C, read by the history mean's MLP as the candidate's
+            share; exact when C is at least the number of categories.
         recall_trains_embeddings: whether the recall losses' fragment inputs and contrastive
             candidates pass gradient to the item tables (the paper: True). False keeps L_item's
             item-identification pull off the tables; the recall losses still train the memory,
@@ -112,6 +128,10 @@ class CMConfig:
     lambda_mean: float = 0.0
     recall_trains_embeddings: bool = True
     recent_clicks: bool = False
+    recent_reader: bool = True
+    recurrent_state: bool = False
+    recurrent_readout: str = "own"
+    count_buckets: int = 0
 
     def __post_init__(self) -> None:
         positive = (
@@ -143,7 +163,13 @@ class CMConfig:
                 raise ConfigError(f"CMConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.readout not in READOUTS:
             raise ConfigError(f"CMConfig.readout must be one of {READOUTS}, got {self.readout!r}")
-        for name in ("dense_per_segment", "dense_last_segments", "dense_horizon", "profile_rows"):
+        for name in (
+            "dense_per_segment",
+            "dense_last_segments",
+            "dense_horizon",
+            "profile_rows",
+            "count_buckets",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"CMConfig.{name} must be an integer >= 0, got {value!r}")
@@ -163,6 +189,25 @@ class CMConfig:
             )
         if self.profile_rows and not self.history_mean:
             raise ConfigError("CMConfig.profile_rows needs history_mean: true (it sits beside the mean)")
+        if self.count_buckets and not self.history_mean:
+            raise ConfigError(
+                f"CMConfig.count_buckets ({self.count_buckets}) needs history_mean: true (the sketch is "
+                "kept like the mean); set count_buckets: 0 without it"
+            )
+        if self.recurrent_state and self.item_dim != self.memory_dim:
+            raise ConfigError(
+                "CMConfig.recurrent_state needs item_dim == memory_dim, got "
+                f"{self.item_dim} and {self.memory_dim}"
+            )
+        if self.recurrent_readout not in RECURRENT_READOUTS:
+            raise ConfigError(
+                f"CMConfig.recurrent_readout must be one of {RECURRENT_READOUTS}, "
+                f"got {self.recurrent_readout!r}"
+            )
+        if self.recurrent_state and self.recurrent_readout != "own" and not self.history_mean:
+            raise ConfigError(
+                f"CMConfig.recurrent_readout {self.recurrent_readout!r} needs history_mean: true"
+            )
         if self.lambda_reason == 0:
             raise ConfigError("CMConfig.lambda_reason must be > 0: the CTR head is what CM is trained for")
 
@@ -175,8 +220,10 @@ class CMConfig:
 
     @property
     def memory_rows(self) -> int:
-        """Rows of one user's stored memory: the K slots, and the history-mean and profile rows if on."""
-        return self.slots + (MEAN_ROWS + self.profile_rows if self.history_mean else 0)
+        """Rows of one user's stored memory: the K slots, the recurrent row, and the history-mean,
+        profile and count-sketch rows, those that are on."""
+        means = MEAN_ROWS + self.profile_rows + count_rows(self.count_buckets, self.memory_dim)
+        return self.slots + (1 if self.recurrent_state else 0) + (means if self.history_mean else 0)
 
     @property
     def uses_recall(self) -> bool:

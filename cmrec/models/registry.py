@@ -92,8 +92,9 @@ def _build_avg_pool(config: AvgPoolConfig, spec: DataSpec) -> RecModel:
 
 
 # The product preset: what won on validation AUC (docs/model.md, "Choices"); the paper's recipe is
-# `cm-paper` (CMConfig's defaults). The ablations add or remove one part of the product preset.
-CM_PRODUCT: dict[str, Any] = {
+# `cm-paper` (CMConfig's defaults). `CM_WAVE4` is the product before issue 29, the base that
+# `cm-recall` and the paper's Table 1 ablations keep; `cm-single-head` removes one part of `cm`.
+CM_WAVE4: dict[str, Any] = {
     "readout": "match",
     "dense_per_segment": 5,
     # No recall losses: at every weight and setting measured they lowered validation AUC (3 seeds
@@ -108,8 +109,22 @@ CM_PRODUCT: dict[str, Any] = {
     "profile_rows": 2,
     "lambda_mean": 1.0,
 }
-# The paper's self-supervision beside the product: L_item and L_seq at a tenth of the paper's
-# weights, their fragment inputs kept off the item tables (the best of the settings measured).
+CM_PRODUCT: dict[str, Any] = {
+    **CM_WAVE4,
+    # Issue 29: every target sees every click before it. The clicks since the last whole segment
+    # (the store's pending clicks) are counted in the running means and advance a recurrent row
+    # (a GRU over every click) whose read-out is added to the mean's logit; an exact count sketch
+    # of the history's categories (items, on data without categories) feeds the mean's MLP. The
+    # recent reader lost or tied on validation and is off (docs/results.md, "Wave 5").
+    "recent_clicks": True,
+    "recent_reader": False,
+    "recurrent_state": True,
+    "recurrent_readout": "beside_mean",
+    "count_buckets": 256,
+}
+# The paper's self-supervision beside the wave-4 product (`cm-recall` and the Table 1 ablations
+# taken from it are kept as they were measured, issue 29): L_item and L_seq at a tenth of the
+# paper's weights, their fragment inputs kept off the item tables (the best of the settings measured).
 RECALL: dict[str, Any] = {"lambda_item": 0.1, "lambda_seq": 0.05, "recall_trains_embeddings": False}
 # The baselines whose state (or window) at every prefix is cheap to read get the same dense targets
 # as cm (avg-pool, GRU4REC, MIMN, HPMN, Caser, RUM). DIEN does not: its interest evolution is
@@ -121,21 +136,25 @@ REGISTRY: dict[str, ModelEntry] = {
         CMConfig,
         CM_PRODUCT,
         _build_cm,
-        "Continual Memory, cmrec's recipe (dense targets, match head, history mean and profile)",
+        "Continual Memory, cmrec's recipe (dense targets, match head, history mean, profile, count "
+        "sketch and recurrent row, pending clicks read)",
     ),
     "cm-paper": ModelEntry(CMConfig, {}, _build_cm, "Continual Memory, the paper's XLong recipe exactly"),
     "cm-recall": ModelEntry(
-        CMConfig, {**CM_PRODUCT, **RECALL}, _build_cm, "cm plus the recall losses L_item and L_seq"
+        CMConfig,
+        {**CM_WAVE4, **RECALL},
+        _build_cm,
+        "wave-4 cm (no recurrent row, count sketch or pending clicks read) plus the recall losses",
     ),
     # The paper's Table 1 ablations of the recall losses, taken from `cm-recall`.
     "cm-only-reason": ModelEntry(
-        CMConfig, CM_PRODUCT, _build_cm, "cm-recall without the recall losses: the same model as cm"
+        CMConfig, CM_WAVE4, _build_cm, "cm-recall without the recall losses: wave-4 cm"
     ),
     "cm-only-item": ModelEntry(
-        CMConfig, {**CM_PRODUCT, **RECALL, "lambda_seq": 0.0}, _build_cm, "cm-recall with L_item only"
+        CMConfig, {**CM_WAVE4, **RECALL, "lambda_seq": 0.0}, _build_cm, "cm-recall with L_item only"
     ),
     "cm-only-seq": ModelEntry(
-        CMConfig, {**CM_PRODUCT, **RECALL, "lambda_item": 0.0}, _build_cm, "cm-recall with L_seq only"
+        CMConfig, {**CM_WAVE4, **RECALL, "lambda_item": 0.0}, _build_cm, "cm-recall with L_seq only"
     ),
     "cm-single-head": ModelEntry(
         CMConfig, {**CM_PRODUCT, "subspaces": 1}, _build_cm, "cm with one GRU subspace (Z = 1)"

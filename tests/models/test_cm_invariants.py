@@ -185,7 +185,16 @@ def test_empty_history_keeps_the_initial_memory(spec: DataSpec) -> None:
 
 # ---- history_mean: two more rows that keep the exact mean of the whole history ----
 
-MEAN_TINY = {**TINY, "history_mean": True}
+# The history-mean and profile rows alone (wave 4): the recurrent row and the count sketch have
+# tests of their own (tests/models/test_cm_model.py).
+MEAN_TINY = {
+    **TINY,
+    "history_mean": True,
+    "recent_clicks": False,
+    "recurrent_state": False,
+    "recurrent_readout": "own",
+    "count_buckets": 0,
+}
 
 
 def _mean_model(spec: DataSpec, seed: int = 0, profile_rows: int = 0) -> ContinualMemoryModel:

@@ -9,6 +9,8 @@ from sklearn.metrics import roc_auc_score
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from cmrec.data import SplitConfig, build_from_events, make_loader, validate_events
+from cmrec.data.jagged import segment_jagged
+from cmrec.data.schema import CATEGORY_KEY, ITEM_KEY
 from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
@@ -38,13 +40,28 @@ def test_presets_are_registered_with_the_papers_ablations() -> None:
     assert product.history_mean and product.profile_rows == 2
     assert not product.uses_recall  # the recall losses lost on validation AUC (docs/results.md)
     assert CMConfig().readout == "linear" and CMConfig().dense_targets is None
-    # cm-recall adds the recall losses to the product preset and keeps the rest; the paper's
-    # Table 1 ablations are taken from it (only the reason loss: cm itself).
+    # Issue 29's levers: pending clicks read, the recurrent row beside the mean, the count sketch.
+    assert product.recent_clicks and not product.recent_reader
+    assert product.recurrent_state and product.recurrent_readout == "beside_mean"
+    assert product.count_buckets == 256 and product.memory_rows == 20 + 1 + 2 + 2 + 4
+    # cm-recall adds the recall losses to the wave-4 product (kept as it was measured); the
+    # paper's Table 1 ablations are taken from it (only the reason loss: wave-4 cm).
     recall = model_config("cm-recall")
     assert (recall.lambda_item, recall.lambda_seq, recall.recall_trains_embeddings) == (0.1, 0.05, False)
     assert recall.readout == product.readout and recall.dense_targets == product.dense_targets
     assert recall.profile_rows == product.profile_rows
-    assert model_config("cm-only-reason") == product
+    assert not (recall.recent_clicks or recall.recurrent_state or recall.count_buckets)
+    wave4 = model_config("cm-only-reason")
+    assert wave4 == model_config(
+        "cm",
+        {
+            "recent_clicks": False,
+            "recurrent_state": False,
+            "count_buckets": 0,
+            "recent_reader": True,
+            "recurrent_readout": "own",
+        },
+    )
     assert (model_config("cm-only-item").lambda_item, model_config("cm-only-item").lambda_seq) == (0.1, 0)
     assert (model_config("cm-only-seq").lambda_item, model_config("cm-only-seq").lambda_seq) == (0, 0.05)
     assert model_config("cm-single-head").subspaces == 1
@@ -86,9 +103,30 @@ def test_evaluation_mode_reads_memory_only(small_data) -> None:  # type: ignore[
     batch = _batch(small_data)
     out = model(batch)
     assert set(out.losses) == {"reason"}
-    memory, _, _, _ = model.build_memory(batch.history)
-    scores = model.score(memory[batch.history_index], batch.target_items, batch.target_categories)
+    states, _, ids, mask = model.build_trajectory(batch.history)
+    # Scoring reads the memory of whole segments and the clicks since (the store's pending ones).
+    segment_len = model.config.segment_len
+    grid, _ = segment_jagged(
+        batch.history[CATEGORY_KEY].values(), batch.history[ITEM_KEY].lengths(), segment_len
+    )
+    memories = torch.cat([model.initial_memory(len(states))[:, None], states], dim=1)
+    lengths = mask.sum(dim=(1, 2))[batch.history_index]
+    whole, rest = lengths // segment_len, lengths % segment_len
+    rows = batch.history_index
+    assert (rest > 0).any() and (whole > 0).all()
+    pad = torch.zeros(len(ids), 1, segment_len, dtype=ids.dtype)
+    pending = torch.cat([ids, pad], 1)[rows, whole], torch.cat([grid, pad], 1)[rows, whole]
+    held = torch.arange(segment_len)[None] < rest[:, None]
+    scores = model.score(
+        memories[rows, whole],
+        batch.target_items,
+        batch.target_categories,
+        recent=(pending[0], held, pending[1]),
+    )
     torch.testing.assert_close(scores, out.logits)
+    # Without them the memory scores differently: the clicks since count.
+    without = model.score(memories[rows, whole], batch.target_items, batch.target_categories)
+    assert (without - scores)[rest > 0].abs().min() > 1e-6
 
 
 def test_ablation_presets_build_only_what_they_use(small_data) -> None:  # type: ignore[no-untyped-def]
@@ -144,6 +182,33 @@ def test_fragments_mask_half_and_borrow_from_other_users() -> None:
         ({"retention_init": -1.0}, "retention_init must be >= 0"),
         ({"slowest_write_rate": 0.0}, "slowest_write_rate must be in"),
         ({"slowest_write_rate": 1.5}, "slowest_write_rate must be in"),
+        (
+            {"count_buckets": 64, "history_mean": False, "profile_rows": 0},
+            "count_buckets \\(64\\) needs history_mean: true",
+        ),
+        ({"count_buckets": -64}, "count_buckets must be an integer >= 0"),
+        ({"recurrent_readout": "mixed"}, "recurrent_readout must be one of"),
+        (
+            {
+                "recurrent_state": True,
+                "recurrent_readout": "with_mean",
+                "history_mean": False,
+                "profile_rows": 0,
+                "count_buckets": 0,
+            },
+            "'with_mean' needs history_mean",
+        ),
+        (
+            {
+                "recurrent_state": True,
+                "item_dim": 32,
+                "history_mean": False,
+                "profile_rows": 0,
+                "count_buckets": 0,
+                "recurrent_readout": "own",
+            },
+            "recurrent_state needs item_dim == memory_dim, got 32 and 64",
+        ),
     ],
 )
 def test_bad_config_values(overrides: dict[str, object], message: str) -> None:
@@ -262,7 +327,8 @@ def test_recent_reader_ignores_padding_and_reads_order_and_content() -> None:
 
 def test_counting_a_partial_segment_is_what_writing_it_does_to_the_mean_and_profile(small_data) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    model = build_model("cm", DataSpec.from_vocabs(small_data.vocabs), TINY).eval()
+    mean_and_profile = {**TINY, "count_buckets": 0, "recurrent_state": False, "recurrent_readout": "own"}
+    model = build_model("cm", DataSpec.from_vocabs(small_data.vocabs), mean_and_profile).eval()
     assert isinstance(model, ContinualMemoryModel)
     machine, slots = model.machine, model.config.slots
     memory = machine(
@@ -276,3 +342,101 @@ def test_counting_a_partial_segment_is_what_writing_it_does_to_the_mean_and_prof
     torch.testing.assert_close(counted[:, :slots], memory[:, :slots])  # the slots: whole segments only
     torch.testing.assert_close(counted[2], memory[2])  # no click: nothing changes
     assert (counted[0, slots:] - memory[0, slots:]).abs().max() > 1e-4
+
+
+def _recurrent_model(spec: DataSpec, **config: object) -> ContinualMemoryModel:
+    torch.manual_seed(0)
+    overrides = {**TINY, "recurrent_state": True, "count_buckets": 8, **config}
+    model = build_model("cm", spec, overrides).eval()
+    assert isinstance(model, ContinualMemoryModel)
+    return model
+
+
+def test_the_recurrent_row_is_a_gru_over_every_click_written_in_any_chunks(spec: DataSpec) -> None:
+    model = _recurrent_model(spec)
+    machine, slots = model.machine, model.config.slots
+    assert machine.recurrent is not None
+    assert model.config.memory_rows == slots + 1 + 2 + 2 + 1  # slots, GRU, mean, 2 profile, 1 count, n
+    items = torch.randint(2, 30, (3, 3, 4))
+    mask = torch.ones(3, 3, 4, dtype=torch.bool)
+    mask[1, 2, 2:] = False  # user 1: two whole segments and a partial one
+    mask[2, 1:] = False  # user 2: one segment only
+    whole = model.write(model.initial_memory(3), items, mask)
+    for user, clicks in enumerate([12, 10, 4]):
+        x = model.embeddings.lookup(items[user].reshape(-1)[:clicks])[None]  # (1, clicks, d)
+        _, expected = machine.recurrent(x)
+        torch.testing.assert_close(whole[user, slots], expected[0, 0])
+    chunked = model.initial_memory(3)
+    for t in range(3):  # segment by segment, as a refresh writes them
+        chunked = model.write(chunked, items[:, t], mask[:, t])
+    torch.testing.assert_close(chunked, whole)
+    # Padding before a real click would hide clicks from the GRU: refused.
+    holes = mask.clone()
+    holes[0, 0, 1] = False
+    with pytest.raises(ConfigError, match="real clicks first"):
+        model.write(model.initial_memory(3), items, holes)
+
+
+def test_the_count_sketch_is_the_exact_share_of_each_category(spec: DataSpec) -> None:
+    model = _recurrent_model(spec)
+    items = torch.randint(2, 30, (2, 3, 4))
+    memory = model.write(model.initial_memory(2), items, torch.ones(2, 3, 4, dtype=torch.bool))
+    counts = model.reason._split(memory).counts
+    assert counts is not None and counts.shape == (2, 8)  # 8 buckets >= 7 categories: exact
+    for user in range(2):
+        categories = spec.item_category[items[user].reshape(-1)]  # type: ignore[index]
+        share = torch.bincount(categories, minlength=8).double() / 12
+        torch.testing.assert_close(counts[user].double(), share, rtol=0, atol=1e-6)
+    # C not a multiple of d_m: ceil(C / d_m) rows, the entries past C stay 0.
+    odd = build_model("cm", spec, {**TINY, "count_buckets": 12}).eval()
+    assert isinstance(odd, ContinualMemoryModel) and odd.config.memory_rows == 3 + 1 + 2 + 2 + 2 + 0
+    odd_memory = odd.write(odd.initial_memory(2), items, torch.ones(2, 3, 4, dtype=torch.bool))
+    odd_counts = odd.reason._split(odd_memory).counts
+    assert odd_counts is not None and odd_counts.shape == (2, 16)
+    torch.testing.assert_close(odd_counts[:, :8], counts)  # the same shares: 12 buckets >= 7 keys
+    assert torch.count_nonzero(odd_counts[:, 8:]) == 0
+    # Keys are categories on data with categories, item ids without them.
+    wide = build_model("cm", spec, {**TINY, "count_buckets": 16}).eval()
+    assert isinstance(wide, ContinualMemoryModel)
+    assert wide.count_keys(torch.tensor([5, 7])).tolist() == spec.item_category[[5, 7]].tolist()  # type: ignore[index]
+    plain = DataSpec(num_items=30)
+    no_categories = build_model("cm", plain, {**TINY, "count_buckets": 8}).eval()
+    assert isinstance(no_categories, ContinualMemoryModel)
+    assert no_categories.count_keys(torch.tensor([5, 29])).tolist() == [5, 29]  # item ids
+    sketch = no_categories.write(
+        no_categories.initial_memory(1), torch.tensor([[5, 13, 29, 6]]), torch.ones(1, 4, dtype=torch.bool)
+    )
+    hashed = no_categories.reason._split(sketch).counts
+    assert hashed is not None
+    assert hashed[0].tolist() == pytest.approx([0, 0, 0, 0, 0, 0.75, 0.25, 0])  # 5, 13, 29 -> 5; 6 -> 6
+
+
+def test_a_candidate_is_scored_by_its_share_of_the_history(spec: DataSpec) -> None:
+    """Two users with the same items in different categories' proportions score a candidate
+    differently through the count sketch alone (the other rows held equal)."""
+    model = _recurrent_model(spec)
+    memory = model.write(
+        model.initial_memory(1), torch.randint(2, 30, (1, 2, 4)), torch.ones(1, 2, 4, dtype=torch.bool)
+    )
+    start = memory.shape[1] - 2  # the count row sits before the segment count
+    other = memory.clone()
+    other[0, start] = torch.roll(memory[0, start], 1)
+    candidates = torch.tensor([7])
+    assert (model.score(memory, candidates) - model.score(other, candidates)).abs().item() > 1e-6
+
+
+def test_counting_pending_clicks_is_what_writing_them_does_to_the_gru_and_the_means(spec: DataSpec) -> None:
+    model = _recurrent_model(spec, recent_clicks=True)
+    slots = model.config.slots
+    memory = model.write(
+        model.initial_memory(3), torch.randint(2, 30, (3, 2, 4)), torch.ones(3, 2, 4, dtype=torch.bool)
+    )
+    pending = torch.randint(2, 30, (3, 4))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
+    written = model.write(memory, pending, mask)
+    clicks = model.embeddings.lookup(pending)
+    counted = model.machine.count_partial(memory, clicks, mask, model.count_keys(pending))
+    torch.testing.assert_close(counted[:, slots:], written[:, slots:])  # GRU row, means, sketch, count
+    torch.testing.assert_close(counted[:, :slots], memory[:, :slots])  # the slots: whole segments only
+    torch.testing.assert_close(counted[2], memory[2])
+    assert (counted[0, slots] - memory[0, slots]).abs().max() > 1e-4  # the GRU ran over the clicks

@@ -27,6 +27,40 @@ SMALL: dict[str, dict[str, Any]] = {
     "cm-only-reason": {**TINY, "dense_per_segment": 3, "dense_horizon": 0},  # any earlier memory
     # cm reading its recent clicks: a target is scored like a sample ending right before it.
     "cm-recent": {**TINY, "dense_per_segment": 3, "recent_clicks": True},
+    # ... and with the recurrent row and the count sketch, which the clicks since also advance.
+    "cm-recurrent": {
+        **TINY,
+        "dense_per_segment": 3,
+        "recent_clicks": True,
+        "recurrent_state": True,
+        "count_buckets": 8,
+    },
+    # ... and without the reader: the clicks since are counted and run through the GRU only.
+    "cm-no-reader": {
+        **TINY,
+        "dense_per_segment": 3,
+        "recent_clicks": True,
+        "recent_reader": False,
+        "recurrent_state": True,
+        "count_buckets": 8,
+    },
+    # The recurrent row's read-out beside the mean's, and inside the mean's MLP.
+    "cm-beside-mean": {
+        **TINY,
+        "dense_per_segment": 3,
+        "recent_clicks": True,
+        "recurrent_state": True,
+        "recurrent_readout": "beside_mean",
+    },
+    "cm-with-mean": {
+        **TINY,
+        "dense_per_segment": 3,
+        "recent_clicks": True,
+        "recurrent_state": True,
+        "recurrent_readout": "with_mean",
+    },
+    # The recurrent row and the sketch without recent_clicks: targets see whole segments only.
+    "cm-recurrent-written": {**TINY, "dense_per_segment": 3, "recurrent_state": True, "count_buckets": 8},
     "gru4rec": {"item_dim": 8, "hidden": 8, "mlp": (16,), "dense_per_segment": 3},
     "avg-pool": {"item_dim": 8, "mlp": (16,), "dense_per_segment": 20, "dense_last_segments": 1},
     # The paper's other baselines: MIMN's loop keeps the state at each target's step, HPMN reads
@@ -38,7 +72,14 @@ SMALL: dict[str, dict[str, Any]] = {
 }
 
 
-REGISTERED = {"cm-recent": "cm"}  # the registry name of a SMALL entry named otherwise
+REGISTERED = {
+    "cm-recent": "cm",
+    "cm-recurrent": "cm",
+    "cm-recurrent-written": "cm",
+    "cm-no-reader": "cm",
+    "cm-beside-mean": "cm",
+    "cm-with-mean": "cm",
+}  # the registry name of a SMALL entry named otherwise
 
 
 @pytest.fixture(scope="module")

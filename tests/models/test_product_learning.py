@@ -96,7 +96,14 @@ def test_the_history_mean_keeps_the_oldest_evidence(
     buckets = evidence_buckets(dormant_data.histories, dormant_data.test, LENGTH)
     assert np.sum(buckets == "Q4") // 2 >= 50  # enough oldest-evidence pairs to tell them apart
     with_mean = product
-    plain = {**CM_TINY, "history_mean": False, "profile_rows": 0, "lambda_mean": 0.0}
+    plain = {
+        **CM_TINY,
+        "history_mean": False,
+        "profile_rows": 0,
+        "lambda_mean": 0.0,
+        "count_buckets": 0,  # the count sketch is kept like the mean: without it, none
+        "recurrent_readout": "own",
+    }
     without = _train("cm", plain, dormant_data, epochs=3)
     print(f"test AUC (all, by evidence age): with the mean {with_mean}; without {without}")
     assert with_mean["Q4"] > without["Q4"] + 0.05, (with_mean, without)

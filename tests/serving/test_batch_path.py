@@ -26,13 +26,22 @@ def requests_of(log: pd.DataFrame, per_user: int = 3, seed: int = 0) -> pd.DataF
     )
 
 
-@pytest.mark.parametrize("recent", [False, True], ids=["pending-written", "pending-read"])
+# `cm` before issue 29: no recurrent row, no count sketch (the pending clicks written or read).
+WAVE4 = {"recurrent_state": False, "count_buckets": 0, "recurrent_readout": "own"}
+
+
+@pytest.mark.parametrize(
+    ("recent", "config"),
+    [(False, WAVE4), (True, WAVE4), (False, None), (True, None)],
+    ids=["wave4-pending-written", "wave4-pending-read", "cm-pending-written", "cm-pending-read"],
+)
 def test_store_scores_equal_the_batch_path_over_the_same_clicks(
-    tmp_path: Path, run_dir: Path, log: pd.DataFrame, log_file: Path, recent: bool
+    tmp_path: Path, run_dir: Path, log: pd.DataFrame, log_file: Path, recent: bool, config: dict | None
 ) -> None:
     """Pending clicks written as a masked segment at request time, or (``recent_clicks``) read by
-    the head beside the memory of whole segments: either way the store path is the batch path."""
-    run = make_run(tmp_path / "recent", log, recent_clicks=True) if recent else run_dir
+    the head beside the memory of whole segments: either way the store path is the batch path,
+    with the recurrent row and the count sketch of `cm` too (the pending clicks advance them)."""
+    run = make_run(tmp_path / "run", log, recent_clicks=recent, **(config or {}))
     requests = requests_of(log)
     refresh_store(run, log_file, tmp_path / "store", progress=False)
     stored = score_requests(run, tmp_path / "store", requests).frame["score"].to_numpy()

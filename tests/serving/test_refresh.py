@@ -32,7 +32,9 @@ def refresh_frames(run_dir: Path, store: Path, frames: list[pd.DataFrame], batch
 
 
 def training_memories(run_dir: Path, log: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
-    """The training forward's memories over each user's full history (max_len >= every history)."""
+    """The training forward's memories over each user's full history (max_len >= every history):
+    after every click for a model that writes its pending clicks, after the last whole segment for
+    one that reads them (`cm`: `reads_recent`), as the store keeps them."""
     served = ServedModel.load(run_dir)
     events = validate_events(log)
     users = events["user_id"].astype(str)
@@ -46,14 +48,21 @@ def training_memories(run_dir: Path, log: pd.DataFrame) -> tuple[list[str], torc
         values=torch.cat([items, categories]),
         lengths=torch.cat([lengths, lengths]),
     )
+    model = served.model
     with torch.no_grad():
-        memory, *_ = served.model.build_memory(history)
-    return ids, memory
+        if not model.reads_recent:
+            memory, *_ = model.build_memory(history)
+            return ids, memory
+        states, *_ = model.build_trajectory(history)
+    memories = torch.cat([model.initial_memory(len(ids))[:, None], states], dim=1)
+    return ids, memories[torch.arange(len(ids)), lengths // model.config.segment_len]
 
 
+@pytest.mark.parametrize("reads_pending", [False, True], ids=["pending-written", "pending-read"])
 def test_chunked_refresh_equals_whole_equals_training_path(
-    tmp_path: Path, run_dir: Path, log: pd.DataFrame
+    tmp_path: Path, log: pd.DataFrame, reads_pending: bool
 ) -> None:
+    run_dir = make_run(tmp_path / "run", log, recent_clicks=reads_pending)
     refresh_frames(run_dir, tmp_path / "whole", [log])
     ids, expected = training_memories(run_dir, log)
     whole = open_scorer(run_dir, tmp_path / "whole")
@@ -62,9 +71,11 @@ def test_chunked_refresh_equals_whole_equals_training_path(
     torch.testing.assert_close(memory, expected, rtol=1e-5, atol=1e-5)
 
     items = log.groupby("user_id")["item_id"].first().reindex([int(u) for u in ids]).to_numpy()
-    reference = torch.sigmoid(
-        whole.model.score(expected, torch.from_numpy(whole.served.vocabs.items.encode(items)))
-    )
+    states = whole.store.get_many(ids)
+    recent = whole._recent(ids, states) if reads_pending else None
+    assert recent is None or recent[1].any()  # some users have pending clicks the head reads
+    candidates = torch.from_numpy(whole.served.vocabs.items.encode(items))
+    reference = torch.sigmoid(whole.model.score(expected, candidates, recent=recent))
     scores = whole.score(ids, items).probabilities
     np.testing.assert_allclose(scores, reference.detach().numpy(), rtol=1e-5, atol=1e-6)
 
@@ -183,8 +194,8 @@ def test_float16_store_halves_memory_bytes_and_scores_closely(
     assert cli.main([*base, "--store", str(tmp_path / "fp16"), "--dtype", "float16"]) == 0
     with sqlite3.connect(tmp_path / "fp16" / "part-00000-of-00001.sqlite") as db:
         assert {len(row[0]) for row in db.execute("SELECT memory FROM users")} == {
-            (3 + 2 + 2) * 8 * 2
-        }  # K slots, the history-mean rows and the two profile rows of the `cm` preset
+            (3 + 1 + 2 + 2 + 256 // 8) * 8 * 2
+        }  # K slots, the recurrent row, the history-mean rows, two profile rows and the count sketch
     ids = sorted(log["user_id"].astype(str).unique())
     items = np.full(len(ids), log["item_id"].iloc[0])
     full = open_scorer(run_dir, tmp_path / "fp32").score(ids, items).probabilities
