@@ -144,30 +144,39 @@ class ContinualMemoryModel(RecModel):
         items: torch.Tensor,
         categories: torch.Tensor | None = None,
         recent: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(S, R, d_m) memories and (S,) candidate ids -> (S,) CTR logits.
 
-        With `CMConfig.recent_clicks`, `recent` is each candidate's user's clicks since the last whole
+        With `CMConfig.recent_clicks`, `recent` is each memory's user's clicks since the last whole
         segment: (S, W) item ids oldest first, an (S, W) mask (True at real clicks, first in each
         row) and their (S, W) category ids (None: each item's own); None means no recent clicks.
+
+        With `rows` (S,), memory (and `recent`) hold U users, (U, R, d_m) and (U, W), and candidate i
+        is scored against user ``rows[i]``: the same logits as ``score(memory[rows], items, ...,
+        recent[rows])``, but the clicks since are counted once per user, not once per candidate.
         """
         candidates = self.embeddings.lookup(items, categories)
         keys = self.count_keys(items, categories)
         if not self.reads_pending:
-            return self.reason(memory, candidates, keys=keys)
+            return self.reason(memory, candidates, rows, keys)
         if recent is None:
-            empty = torch.zeros(len(items), 0, dtype=torch.long, device=items.device)
+            empty = torch.zeros(len(memory), 0, dtype=torch.long, device=items.device)
             recent = (empty, empty.bool(), None)
         recent_items, recent_mask, recent_categories = recent
-        clicks = self.embeddings.lookup(recent_items, recent_categories)  # (S, W, d_x)
+        clicks = self.embeddings.lookup(recent_items, recent_categories)  # (U, W, d_x)
         mask = recent_mask.bool()
-        # The history mean and profile count the clicks as the partial segment they are; the slots
-        # stay those of whole segments; the reader reads the clicks.
+        # The running means count the clicks as the partial segment they are and the recurrent row
+        # runs over them (once per user); the slots stay those of whole segments.
         memory = self.machine.count_partial(
             memory, clicks, mask, self.count_keys(recent_items, recent_categories)
         )
-        logits = self.reason(memory, candidates, keys=keys)
-        return logits if self.recent is None else logits + self.recent(clicks, mask, candidates)
+        logits = self.reason(memory, candidates, rows, keys)
+        if self.recent is None:
+            return logits
+        if rows is not None:
+            clicks, mask = clicks[rows], mask[rows]
+        return logits + self.recent(clicks, mask, candidates)
 
     def build_memory(
         self, history: KeyedJaggedTensor

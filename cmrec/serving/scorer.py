@@ -151,11 +151,9 @@ class Scorer:
             None if categories is None else torch.from_numpy(np.asarray(categories, dtype=np.int64))
         )
         if self.reads_recent:
-            recent = None
-            if self.pending == "write":
-                ids, mask, cats = self._recent(list(distinct), states)
-                recent = (ids[rows], mask[rows], None if cats is None else cats[rows])
-            logits = self.model.score(memory[rows], candidates, candidate_categories, recent=recent)  # type: ignore[call-arg]
+            # One user's pending clicks are counted once, whatever the number of their candidates.
+            recent = self._recent(list(distinct), states) if self.pending == "write" else None
+            logits = self.model.score(memory, candidates, candidate_categories, recent=recent, rows=rows)  # type: ignore[call-arg]
         else:
             logits = self.model.score(memory[rows], candidates, candidate_categories)
         return Scores(

@@ -440,3 +440,20 @@ def test_counting_pending_clicks_is_what_writing_them_does_to_the_gru_and_the_me
     torch.testing.assert_close(counted[:, :slots], memory[:, :slots])  # the slots: whole segments only
     torch.testing.assert_close(counted[2], memory[2])
     assert (counted[0, slots] - memory[0, slots]).abs().max() > 1e-4  # the GRU ran over the clicks
+
+
+def test_scoring_many_candidates_per_user_counts_the_pending_clicks_once_with_the_same_logits(
+    spec: DataSpec,
+) -> None:
+    for reader in (False, True):
+        model = _recurrent_model(spec, recent_clicks=True, recent_reader=reader)
+        memory = model.write(
+            model.initial_memory(2), torch.randint(2, 30, (2, 2, 4)), torch.ones(2, 2, 4, dtype=torch.bool)
+        )
+        pending = torch.randint(2, 30, (2, 3))
+        mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+        rows = torch.tensor([0, 0, 1, 0, 1])
+        items = torch.randint(2, 30, (5,))
+        per_user = model.score(memory, items, recent=(pending, mask, None), rows=rows)
+        per_candidate = model.score(memory[rows], items, recent=(pending[rows], mask[rows], None))
+        torch.testing.assert_close(per_user, per_candidate)
