@@ -286,7 +286,10 @@ class ContinualMemoryModel(RecModel):
         recent_keys = None if key_grid is None else _recent_clicks(key_grid, history_rows, history_ends)[0]
         # As `score` reads a store: the running means count the recent clicks, the recurrent row
         # runs over them.
-        memory = self.machine.count_partial(memories[rows], recent, recent_mask, recent_keys)
+        # index_select, not memories[rows]: its backward adds the repeated rows' gradients in a fixed
+        # order, where advanced indexing's accumulating backward differs from run to run on several
+        # threads (same seed, same batch: losses apart in the 8th digit).
+        memory = self.machine.count_partial(memories.index_select(0, rows), recent, recent_mask, recent_keys)
         slot_logits, mean_logits = self.reason.logit_parts(memory, candidates, keys=keys)
         if self.recent is not None:
             slot_logits = slot_logits + self.recent(recent, recent_mask, candidates)
@@ -382,4 +385,5 @@ def _recent_clicks(
     grid = torch.cat([x, x.new_zeros(x.shape[0], 1, *x.shape[2:])], dim=1)  # one more, empty, segment
     segment = ends // segment_len  # (J,) the segment the clicks are in (T when there are none)
     held = (ends % segment_len)[:, None] > torch.arange(segment_len, device=x.device)  # (J, N)
-    return grid[rows, segment], held
+    flat = grid.flatten(0, 1).index_select(0, rows * grid.shape[1] + segment)  # deterministic backward
+    return flat, held
