@@ -105,9 +105,7 @@ class ContinualMemoryMachine(nn.Module):
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """(B, rows, d_m) the learned initial memory, for users with no history yet."""
         slots = self.initial.unsqueeze(0).expand(batch_size, -1, -1)
-        extra = (1 if self.recurrent is not None else 0) + (
-            self.rows - self.mean_start if self.history_mean else 0
-        )
+        extra = self.rows - self.slots  # the recurrent row and the running means' rows, zeros
         if not extra:
             return slots
         return torch.cat([slots, slots.new_zeros(batch_size, extra, slots.shape[-1])], dim=1)
@@ -115,10 +113,13 @@ class ContinualMemoryMachine(nn.Module):
     @property
     def rows(self) -> int:
         """Rows of one memory (see the class docstring's row layout)."""
-        if not self.history_mean:
-            return self.mean_start
-        return (
-            self.mean_start + MEAN_ROWS + self.profile_rows + count_rows(self.count_buckets, self.memory_dim)
+        return memory_rows(
+            self.slots,
+            self.memory_dim,
+            recurrent=self.recurrent is not None,
+            history_mean=self.history_mean,
+            profile_rows=self.profile_rows,
+            count_buckets=self.count_buckets,
         )
 
     def forward(
@@ -177,7 +178,9 @@ class ContinualMemoryMachine(nn.Module):
             states = self._recurrent_states(memory[:, self.slots], x[:, None], mask[:, None])  # (B, 1, d_m)
             parts.append(states[:, 0][:, None])
         if self.history_mean:
-            values = self._segment_values(x[:, None], mask[:, None], _keys_of(keys, 1))[:, 0]  # (B, V, d_m)
+            values = self._segment_values(x[:, None], mask[:, None], None if keys is None else keys[:, None])[
+                :, 0
+            ]  # (B, V, d_m)
             rows = memory[:, self.mean_start :]
             parts.append(torch.where(mask.any(dim=-1)[:, None, None], _add_to_mean(rows, values), rows))
         return torch.cat(parts, dim=1)
@@ -312,8 +315,13 @@ def count_rows(buckets: int, memory_dim: int) -> int:
     return -(-buckets // memory_dim)
 
 
-def _keys_of(keys: torch.Tensor | None, dim: int) -> torch.Tensor | None:
-    return None if keys is None else keys.unsqueeze(dim)
+def memory_rows(
+    slots: int, memory_dim: int, recurrent: bool, history_mean: bool, profile_rows: int, count_buckets: int
+) -> int:
+    """Rows of one memory of this layout: K slots, [the recurrent row], [the mean, P profile rows,
+    ceil(C / d_m) count rows and the segment count]."""
+    means = MEAN_ROWS + profile_rows + count_rows(count_buckets, memory_dim) if history_mean else 0
+    return slots + (1 if recurrent else 0) + means
 
 
 def _segment_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

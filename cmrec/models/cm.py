@@ -67,7 +67,6 @@ class ContinualMemoryModel(RecModel):
             count_buckets=config.count_buckets,
             recurrent_readout=config.recurrent_readout,
         )
-        self.reads_pending = config.recent_clicks
         self.recent: RecentReader | None = (
             RecentReader(config.item_dim, config.segment_len)
             if config.recent_clicks and config.recent_reader
@@ -94,7 +93,7 @@ class ContinualMemoryModel(RecModel):
     def reads_recent(self) -> bool:
         """Whether `score` also reads the clicks since the last whole segment (`CMConfig.recent_clicks`):
         serving then passes a user's pending clicks instead of writing them into the memory."""
-        return self.reads_pending
+        return self.config.recent_clicks
 
     def initial_memory(self, batch_size: int) -> torch.Tensor:
         """(B, rows, d_m) memory of users without history (`CMConfig.memory_rows`)."""
@@ -158,7 +157,7 @@ class ContinualMemoryModel(RecModel):
         """
         candidates = self.embeddings.lookup(items, categories)
         keys = self.count_keys(items, categories)
-        if not self.reads_pending:
+        if not self.reads_recent:
             return self.reason(memory, candidates, rows, keys)
         if recent is None:
             empty = torch.zeros(len(memory), 0, dtype=torch.long, device=items.device)
@@ -248,7 +247,7 @@ class ContinualMemoryModel(RecModel):
         items, categories = batch.target_items, batch.target_categories
         targets = batch.history_targets
         dense = targets is not None and len(targets) > 0
-        if not self.reads_pending:
+        if not self.reads_recent:
             rows = batch.history_index * segments + segments - 1  # (S,) rows of states.flatten(0, 1)
             if dense:
                 assert targets is not None
@@ -277,7 +276,7 @@ class ContinualMemoryModel(RecModel):
             categories = None if categories is None else torch.cat([categories, _given(targets.categories)])
         candidates = self.embeddings.lookup(items, categories)  # (S + D, d_x)
         keys = self.count_keys(items, categories)
-        if not self.reads_pending:
+        if not self.reads_recent:
             return self.reason.logit_parts(memories, candidates, rows, keys)  # one call for all targets
         assert x is not None and mask is not None
         history_rows, history_ends = torch.cat(rows_of), torch.cat(ends)

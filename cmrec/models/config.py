@@ -8,7 +8,7 @@ from cmrec.baselines.common import check_sample_share
 from cmrec.data.batch import DenseTargets
 from cmrec.errors import ConfigError
 from cmrec.heads.reason import READOUTS, RECURRENT_READOUTS, SLOT_EVIDENCE
-from cmrec.memory.machine import MEAN_ROWS, count_rows
+from cmrec.memory.machine import memory_rows
 
 
 @dataclass(frozen=True)
@@ -222,8 +222,14 @@ class CMConfig:
     def memory_rows(self) -> int:
         """Rows of one user's stored memory: the K slots, the recurrent row, and the history-mean,
         profile and count-sketch rows, those that are on."""
-        means = MEAN_ROWS + self.profile_rows + count_rows(self.count_buckets, self.memory_dim)
-        return self.slots + (1 if self.recurrent_state else 0) + (means if self.history_mean else 0)
+        return memory_rows(
+            self.slots,
+            self.memory_dim,
+            recurrent=self.recurrent_state,
+            history_mean=self.history_mean,
+            profile_rows=self.profile_rows,
+            count_buckets=self.count_buckets,
+        )
 
     @property
     def uses_recall(self) -> bool:
