@@ -51,6 +51,7 @@ from cmrec.baselines.common import MLP
 from cmrec.errors import ConfigError
 from cmrec.memory.machine import MemoryParts, count_rows, split_memory
 from cmrec.memory.profile import Prototypes
+from cmrec.memory.sketch import ITEM_HASHES, key_buckets, sketch_entries
 
 Readout = Literal["linear", "match"]
 READOUTS: tuple[str, ...] = ("linear", "match")
@@ -112,6 +113,9 @@ class ReasonHead(nn.Module):
         slots: K (needed with ``recurrent`` or ``count_buckets``, to find the rows).
         recurrent: the memory has the recurrent row after the slots.
         count_buckets: C count-sketch entries in the memory (with ``history_mean``; 0: none).
+        item_buckets: C_i entries of each item-sketch table (with ``history_mean``; 0: none),
+            read as the candidate's count-min click count.
+        segment_len: N (the item sketch's shares are per segment).
         recurrent_readout: "own" (the recurrent row's logit is added to the slots'), "beside_mean"
             (added to the mean's, so that the mean's own loss trains the two together) or
             "with_mean" (its ``[h; W e_C ⊙ h]`` join the mean's MLP features: one MLP weighs
@@ -139,6 +143,8 @@ class ReasonHead(nn.Module):
         recurrent: bool = False,
         count_buckets: int = 0,
         recurrent_readout: str = "own",
+        item_buckets: int = 0,
+        segment_len: int = 1,
     ) -> None:
         super().__init__()
         if recurrent_readout not in RECURRENT_READOUTS:
@@ -150,13 +156,15 @@ class ReasonHead(nn.Module):
             raise ConfigError(f"recurrent_readout {recurrent_readout!r} needs history_mean")
         self.recurrent = recurrent
         self.recurrent_beside_mean = recurrent and recurrent_readout == "beside_mean"
-        if (recurrent or count_buckets) and slots is None:
+        if (recurrent or count_buckets or item_buckets) and slots is None:
             raise ConfigError("a recurrent row or a count sketch needs the number of slots")
-        if count_buckets and not history_mean:
-            raise ConfigError("count_buckets needs history_mean")
+        if (count_buckets or item_buckets) and not history_mean:
+            raise ConfigError("count_buckets and item_buckets need history_mean")
         self.slots = slots
         self.count_buckets = count_buckets
-        self.count_rows = count_rows(count_buckets, memory_dim)
+        self.item_buckets = item_buckets
+        self.segment_len = segment_len
+        self.count_rows = count_rows(sketch_entries(count_buckets, item_buckets), memory_dim)
         if profile_rows and not history_mean:
             raise ConfigError("profile_rows needs history_mean")
         if slot_evidence not in SLOT_EVIDENCE:
@@ -181,6 +189,7 @@ class ReasonHead(nn.Module):
         self.history_mean = history_mean
         self.profile_rows = profile_rows
         mean_features = 3 * memory_dim + (1 if profile_rows else 0) + (3 if count_buckets else 0)
+        mean_features += 1 if item_buckets else 0
         mean_features += 2 * memory_dim if joint else 0
         self.mean_output: nn.Module | None = MLP(mean_features, mlp) if history_mean else None
         # The recurrent row's read-out: its own MLP (a third addend), or features of the mean's MLP.
@@ -254,14 +263,20 @@ class ReasonHead(nn.Module):
                 profile = rowed(parts_of.profile)  # (S, P d_m)
                 share = (self.assign(candidates) * profile).sum(dim=-1)  # (S,)
                 parts.append(torch.log(share.clamp(min=1e-6) * profile.shape[-1])[:, None])
-            if self.count_buckets and parts_of.counts is not None and parts_of.segments is not None:
+            if self.count_rows and parts_of.counts is not None and parts_of.segments is not None:
                 if keys is None:
                     raise ConfigError("count_buckets: scoring needs the candidates' count-sketch keys")
-                counts = rowed(parts_of.counts)  # (S, rows x d_m >= C)
-                own = counts.gather(1, (keys.long() % self.count_buckets)[:, None])  # (S, 1)
-                buckets = float(self.count_buckets)
-                length = torch.log1p(rowed(parts_of.segments))[:, None]
-                parts += [torch.log(own * buckets + 1.0 / buckets), own, length]
+                counts = rowed(parts_of.counts)  # (S, rows x d_m >= C + 2 C_i)
+                shares = counts.gather(1, key_buckets(keys.long(), self.count_buckets, self.item_buckets))
+                segments = rowed(parts_of.segments)[:, None]  # (S, 1)
+                if self.count_buckets:
+                    own = shares[:, :1]  # (S, 1) the share of the candidate's category
+                    buckets = float(self.count_buckets)
+                    parts += [torch.log(own * buckets + 1.0 / buckets), own, torch.log1p(segments)]
+                if self.item_buckets:
+                    # The count-min estimate of the candidate's clicks (exact for whole segments).
+                    item_share = shares[:, -ITEM_HASHES:].amin(dim=1, keepdim=True)
+                    parts.append(torch.log1p(item_share * segments * self.segment_len))
             if self.recurrent and self.recurrent_output is None and self.recurrent_target is not None:
                 assert parts_of.recurrent is not None
                 state = rowed(parts_of.recurrent)  # (S, d_m)

@@ -14,6 +14,7 @@ from torch.nn import functional
 from cmrec.errors import ConfigError
 from cmrec.memory.encoder import SegmentEncoder
 from cmrec.memory.profile import Prototypes
+from cmrec.memory.sketch import key_buckets, sketch_entries
 from cmrec.memory.update import MemoryUpdate
 
 
@@ -42,7 +43,9 @@ class ContinualMemoryMachine(nn.Module):
     With ``count_buckets`` C > 0 (and ``history_mean``), ceil(C / d_m) rows hold an exact *count sketch*:
     the mean over segments of each segment's histogram of its items' keys (category ids, or item
     ids when the data has none) taken modulo C, kept like the mean. With C at least the number of
-    keys it is exact: entry c is the share of the history whose key is c.
+    keys it is exact: entry c is the share of the history whose key is c. With ``item_buckets``
+    C_i > 0 the same rows also hold an *item sketch*, two hashed tables of C_i entries over the
+    item ids (`cmrec.memory.sketch`): ceil((C + 2 C_i) / d_m) rows in all.
 
     With ``recurrent`` (not in the paper) one row right after the slots holds the state of a GRU
     (hidden size d_m) run over every click, oldest first, on the raw item embeddings: the state
@@ -59,6 +62,7 @@ class ContinualMemoryMachine(nn.Module):
         history_mean: keep the two history-mean rows.
         profile_rows: P interest-profile rows (needs ``history_mean``; 0: none).
         count_buckets: C count-sketch entries, in ceil(C / d_m) rows (needs ``history_mean``; 0: none).
+        item_buckets: C_i entries of each item-sketch table (needs ``history_mean``; 0: none).
         recurrent: keep the recurrent row (its GRU reads d_m-wide items: d_x must equal d_m).
 
     Example::
@@ -77,14 +81,19 @@ class ContinualMemoryMachine(nn.Module):
         profile_rows: int = 0,
         count_buckets: int = 0,
         recurrent: bool = False,
+        item_buckets: int = 0,
     ) -> None:
         super().__init__()
         if profile_rows and not history_mean:
             raise ConfigError("profile_rows needs history_mean (the profile rows sit beside the mean)")
-        if count_buckets and not history_mean:
-            raise ConfigError(f"count_buckets ({count_buckets}) needs history_mean")
+        if (count_buckets or item_buckets) and not history_mean:
+            raise ConfigError(
+                f"count_buckets ({count_buckets}) and item_buckets ({item_buckets}) need history_mean"
+            )
         self.memory_dim = memory_dim
         self.count_buckets = count_buckets
+        self.item_buckets = item_buckets
+        self.sketch_entries = sketch_entries(count_buckets, item_buckets)
         self.recurrent: nn.GRU | None = (
             nn.GRU(memory_dim, memory_dim, batch_first=True) if recurrent else None
         )
@@ -120,6 +129,7 @@ class ContinualMemoryMachine(nn.Module):
             history_mean=self.history_mean,
             profile_rows=self.profile_rows,
             count_buckets=self.count_buckets,
+            item_buckets=self.item_buckets,
         )
 
     def forward(
@@ -261,15 +271,18 @@ class ContinualMemoryMachine(nn.Module):
         if self.prototypes is not None:
             assignment = self.prototypes(x)  # (B, T, N, P d_m)
             values.append(_segment_means(assignment, mask).unflatten(-1, (self.profile_rows, x.shape[-1])))
-        if self.count_buckets:
+        if self.sketch_entries:
             if keys is None:
                 raise ConfigError("count_buckets: writing a memory needs the items' count-sketch keys")
             weights = mask.to(x.dtype)
-            histogram = x.new_zeros(*mask.shape[:2], self.count_buckets)
-            histogram.scatter_add_(2, keys.long() % self.count_buckets, weights)  # (B, T, C)
+            buckets = key_buckets(keys.long(), self.count_buckets, self.item_buckets)  # (B, T, N, Q)
+            histogram = x.new_zeros(*mask.shape[:2], self.sketch_entries)
+            histogram.scatter_add_(
+                2, buckets.flatten(2), weights[..., None].expand(buckets.shape).flatten(2)
+            )  # (B, T, entries): each table's counts
             histogram = histogram / weights.sum(dim=2, keepdim=True).clamp(min=1.0)
-            width = count_rows(self.count_buckets, x.shape[-1]) * x.shape[-1]  # whole rows; the rest stays 0
-            histogram = functional.pad(histogram, (0, width - self.count_buckets))
+            width = count_rows(self.sketch_entries, x.shape[-1]) * x.shape[-1]  # whole rows; the rest stays 0
+            histogram = functional.pad(histogram, (0, width - self.sketch_entries))
             values.append(histogram.unflatten(-1, (-1, x.shape[-1])))
         return torch.cat(values, dim=2)
 
@@ -316,11 +329,18 @@ def count_rows(buckets: int, memory_dim: int) -> int:
 
 
 def memory_rows(
-    slots: int, memory_dim: int, recurrent: bool, history_mean: bool, profile_rows: int, count_buckets: int
+    slots: int,
+    memory_dim: int,
+    recurrent: bool,
+    history_mean: bool,
+    profile_rows: int,
+    count_buckets: int,
+    item_buckets: int = 0,
 ) -> int:
     """Rows of one memory of this layout: K slots, [the recurrent row], [the mean, P profile rows,
-    ceil(C / d_m) count rows and the segment count]."""
-    means = MEAN_ROWS + profile_rows + count_rows(count_buckets, memory_dim) if history_mean else 0
+    ceil((C + 2 C_i) / d_m) count rows and the segment count]."""
+    sketch = count_rows(sketch_entries(count_buckets, item_buckets), memory_dim)
+    means = MEAN_ROWS + profile_rows + sketch if history_mean else 0
     return slots + (1 if recurrent else 0) + means
 
 

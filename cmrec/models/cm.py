@@ -20,6 +20,7 @@ from cmrec.heads.reason import ReasonHead
 from cmrec.heads.recent import RecentReader
 from cmrec.memory.encoder import SegmentEncoder
 from cmrec.memory.machine import ContinualMemoryMachine
+from cmrec.memory.sketch import pack_keys
 from cmrec.memory.update import MemoryUpdate
 from cmrec.models.config import CMConfig
 from cmrec.output import ModelNeeds, ModelOutput, RecModel
@@ -66,6 +67,8 @@ class ContinualMemoryModel(RecModel):
             recurrent=config.recurrent_state,
             count_buckets=config.count_buckets,
             recurrent_readout=config.recurrent_readout,
+            item_buckets=config.item_buckets,
+            segment_len=config.segment_len,
         )
         self.recent: RecentReader | None = (
             RecentReader(config.item_dim, config.segment_len)
@@ -129,13 +132,16 @@ class ContinualMemoryModel(RecModel):
         return self.machine(memory, x, mask.bool(), self.count_keys(segment_items, segment_categories))
 
     def count_keys(self, items: torch.Tensor, categories: torch.Tensor | None = None) -> torch.Tensor | None:
-        """The count-sketch key of each item (`CMConfig.count_buckets`): its category (given, or the
-        item's own) when the tables have categories, else the item id; None without the sketch."""
-        if not self.config.count_buckets:
+        """The count-sketch key of each item (`cmrec.memory.sketch.pack_keys`: the item id and the
+        bucket of its category, given or the item's own, when the tables have categories, else of
+        the item id); None without a sketch (`CMConfig.count_buckets`, `CMConfig.item_buckets`)."""
+        if not (self.config.count_buckets or self.config.item_buckets):
             return None
-        if not self.embeddings.num_categories:
-            return items.long()
-        return self.embeddings.item_category[items.long()] if categories is None else categories.long()
+        if self.embeddings.num_categories and categories is None:
+            categories = self.embeddings.item_category[items.long()]
+        elif not self.embeddings.num_categories:
+            categories = None
+        return pack_keys(items, categories, self.config.count_buckets)
 
     def score(
         self,
@@ -205,7 +211,7 @@ class ContinualMemoryModel(RecModel):
 
     def key_grid(self, history: KeyedJaggedTensor) -> torch.Tensor | None:
         """(H, T, N) count-sketch keys of the histories' clicks (the grid of `segments`), or None."""
-        if not self.config.count_buckets:
+        if not (self.config.count_buckets or self.config.item_buckets):
             return None
         lengths = history[ITEM_KEY].lengths()
         given = history[CATEGORY_KEY].values() if self.embeddings.num_categories else None
@@ -352,6 +358,7 @@ def _memory_machine(config: CMConfig) -> ContinualMemoryMachine:
         profile_rows=config.profile_rows,
         count_buckets=config.count_buckets,
         recurrent=config.recurrent_state,
+        item_buckets=config.item_buckets,
     )
 
 

@@ -9,6 +9,7 @@ from cmrec.data.batch import DenseTargets
 from cmrec.errors import ConfigError
 from cmrec.heads.reason import READOUTS, RECURRENT_READOUTS, SLOT_EVIDENCE
 from cmrec.memory.machine import memory_rows
+from cmrec.memory.sketch import KEY_BITS
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ class CMConfig:
             count sketch in the memory: the share of the history whose category (item, on data
             without categories) is c, modulo C, read by the history mean's MLP as the candidate's
             share; exact when C is at least the number of categories.
+        item_buckets: 0 (off), or C_i entries of each of the two tables of an item sketch, in the
+            count rows beside the category sketch (ceil((C + 2 C_i) / d_m) rows in all, with
+            ``history_mean``): a count-min sketch of the item ids, read by the history mean's MLP
+            as how often the user clicked the candidate itself (`cmrec.memory.sketch`).
         recall_trains_embeddings: whether the recall losses' fragment inputs and contrastive
             candidates pass gradient to the item tables (the paper: True). False keeps L_item's
             item-identification pull off the tables; the recall losses still train the memory,
@@ -132,6 +137,7 @@ class CMConfig:
     recurrent_state: bool = False
     recurrent_readout: str = "own"
     count_buckets: int = 0
+    item_buckets: int = 0
 
     def __post_init__(self) -> None:
         positive = (
@@ -169,6 +175,7 @@ class CMConfig:
             "dense_horizon",
             "profile_rows",
             "count_buckets",
+            "item_buckets",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -193,6 +200,15 @@ class CMConfig:
             raise ConfigError(
                 f"CMConfig.count_buckets ({self.count_buckets}) needs history_mean: true (the sketch is "
                 "kept like the mean); set count_buckets: 0 without it"
+            )
+        if self.item_buckets and not self.history_mean:
+            raise ConfigError(
+                f"CMConfig.item_buckets ({self.item_buckets}) needs history_mean: true (the sketch is "
+                "kept like the mean); set item_buckets: 0 without it"
+            )
+        if self.count_buckets >= 1 << KEY_BITS:
+            raise ConfigError(
+                f"CMConfig.count_buckets must be below {1 << KEY_BITS}, got {self.count_buckets}"
             )
         if self.recurrent_state and self.item_dim != self.memory_dim:
             raise ConfigError(
@@ -229,6 +245,7 @@ class CMConfig:
             history_mean=self.history_mean,
             profile_rows=self.profile_rows,
             count_buckets=self.count_buckets,
+            item_buckets=self.item_buckets,
         )
 
     @property

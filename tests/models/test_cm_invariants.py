@@ -194,6 +194,7 @@ MEAN_TINY = {
     "recurrent_state": False,
     "recurrent_readout": "own",
     "count_buckets": 0,
+    "item_buckets": 0,
 }
 
 

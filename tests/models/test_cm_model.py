@@ -15,6 +15,7 @@ from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.embeddings.tables import ItemEmbeddings
 from cmrec.errors import ConfigError
 from cmrec.heads.reason import ReasonHead
+from cmrec.memory.sketch import KEY_BITS, key_buckets
 from cmrec.models import CMConfig, ContinualMemoryModel, DataSpec, build_model, model_config, model_names
 from cmrec.recall.fragments import sample_fragments
 from cmrec.train import predict, train_epoch
@@ -43,7 +44,8 @@ def test_presets_are_registered_with_the_papers_ablations() -> None:
     # Issue 29's levers: pending clicks read, the recurrent row beside the mean, the count sketch.
     assert product.recent_clicks and not product.recent_reader
     assert product.recurrent_state and product.recurrent_readout == "beside_mean"
-    assert product.count_buckets == 256 and product.memory_rows == 20 + 1 + 2 + 2 + 4
+    assert product.count_buckets == 256 and product.item_buckets == 1024
+    assert product.memory_rows == 20 + 1 + 2 + 2 + (256 + 2 * 1024) // 64
     # cm-recall adds the recall losses to the wave-4 product (kept as it was measured); the
     # paper's Table 1 ablations are taken from it (only the reason loss: wave-4 cm).
     recall = model_config("cm-recall")
@@ -58,6 +60,7 @@ def test_presets_are_registered_with_the_papers_ablations() -> None:
             "recent_clicks": False,
             "recurrent_state": False,
             "count_buckets": 0,
+            "item_buckets": 0,
             "recent_reader": True,
             "recurrent_readout": "own",
         },
@@ -187,6 +190,12 @@ def test_fragments_mask_half_and_borrow_from_other_users() -> None:
             "count_buckets \\(64\\) needs history_mean: true",
         ),
         ({"count_buckets": -64}, "count_buckets must be an integer >= 0"),
+        ({"count_buckets": 1 << 24}, "count_buckets must be below 16777216"),
+        ({"item_buckets": -1}, "item_buckets must be an integer >= 0"),
+        (
+            {"item_buckets": 64, "count_buckets": 0, "history_mean": False, "profile_rows": 0},
+            "item_buckets \\(64\\) needs history_mean: true",
+        ),
         ({"recurrent_readout": "mixed"}, "recurrent_readout must be one of"),
         (
             {
@@ -195,6 +204,7 @@ def test_fragments_mask_half_and_borrow_from_other_users() -> None:
                 "history_mean": False,
                 "profile_rows": 0,
                 "count_buckets": 0,
+                "item_buckets": 0,
             },
             "'with_mean' needs history_mean",
         ),
@@ -205,6 +215,7 @@ def test_fragments_mask_half_and_borrow_from_other_users() -> None:
                 "history_mean": False,
                 "profile_rows": 0,
                 "count_buckets": 0,
+                "item_buckets": 0,
                 "recurrent_readout": "own",
             },
             "recurrent_state needs item_dim == memory_dim, got 32 and 64",
@@ -327,7 +338,13 @@ def test_recent_reader_ignores_padding_and_reads_order_and_content() -> None:
 
 def test_counting_a_partial_segment_is_what_writing_it_does_to_the_mean_and_profile(small_data) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
-    mean_and_profile = {**TINY, "count_buckets": 0, "recurrent_state": False, "recurrent_readout": "own"}
+    mean_and_profile = {
+        **TINY,
+        "count_buckets": 0,
+        "item_buckets": 0,
+        "recurrent_state": False,
+        "recurrent_readout": "own",
+    }
     model = build_model("cm", DataSpec.from_vocabs(small_data.vocabs), mean_and_profile).eval()
     assert isinstance(model, ContinualMemoryModel)
     machine, slots = model.machine, model.config.slots
@@ -346,7 +363,7 @@ def test_counting_a_partial_segment_is_what_writing_it_does_to_the_mean_and_prof
 
 def _recurrent_model(spec: DataSpec, **config: object) -> ContinualMemoryModel:
     torch.manual_seed(0)
-    overrides = {**TINY, "recurrent_state": True, "count_buckets": 8, **config}
+    overrides = {**TINY, "recurrent_state": True, "count_buckets": 8, "item_buckets": 0, **config}
     model = build_model("cm", spec, overrides).eval()
     assert isinstance(model, ContinualMemoryModel)
     return model
@@ -388,27 +405,83 @@ def test_the_count_sketch_is_the_exact_share_of_each_category(spec: DataSpec) ->
         share = torch.bincount(categories, minlength=8).double() / 12
         torch.testing.assert_close(counts[user].double(), share, rtol=0, atol=1e-6)
     # C not a multiple of d_m: ceil(C / d_m) rows, the entries past C stay 0.
-    odd = build_model("cm", spec, {**TINY, "count_buckets": 12}).eval()
+    odd = build_model("cm", spec, {**TINY, "item_buckets": 0, "count_buckets": 12}).eval()
     assert isinstance(odd, ContinualMemoryModel) and odd.config.memory_rows == 3 + 1 + 2 + 2 + 2 + 0
     odd_memory = odd.write(odd.initial_memory(2), items, torch.ones(2, 3, 4, dtype=torch.bool))
     odd_counts = odd.reason._split(odd_memory).counts
     assert odd_counts is not None and odd_counts.shape == (2, 16)
     torch.testing.assert_close(odd_counts[:, :8], counts)  # the same shares: 12 buckets >= 7 keys
     assert torch.count_nonzero(odd_counts[:, 8:]) == 0
-    # Keys are categories on data with categories, item ids without them.
-    wide = build_model("cm", spec, {**TINY, "count_buckets": 16}).eval()
+    # Keys count categories on data with categories, item ids without them; each key also
+    # carries its item id (for the item sketch).
+    wide = build_model("cm", spec, {**TINY, "item_buckets": 0, "count_buckets": 16}).eval()
     assert isinstance(wide, ContinualMemoryModel)
-    assert wide.count_keys(torch.tensor([5, 7])).tolist() == spec.item_category[[5, 7]].tolist()  # type: ignore[index]
+    keys = wide.count_keys(torch.tensor([5, 7]))
+    assert keys is not None
+    assert key_buckets(keys, 16, 0)[:, 0].tolist() == spec.item_category[[5, 7]].tolist()  # type: ignore[index]
+    assert (keys >> KEY_BITS).tolist() == [5, 7]
     plain = DataSpec(num_items=30)
-    no_categories = build_model("cm", plain, {**TINY, "count_buckets": 8}).eval()
+    no_categories = build_model("cm", plain, {**TINY, "item_buckets": 0, "count_buckets": 8}).eval()
     assert isinstance(no_categories, ContinualMemoryModel)
-    assert no_categories.count_keys(torch.tensor([5, 29])).tolist() == [5, 29]  # item ids
+    plain_keys = no_categories.count_keys(torch.tensor([5, 29]))
+    assert plain_keys is not None and key_buckets(plain_keys, 8, 0)[:, 0].tolist() == [5, 29 % 8]
     sketch = no_categories.write(
         no_categories.initial_memory(1), torch.tensor([[5, 13, 29, 6]]), torch.ones(1, 4, dtype=torch.bool)
     )
     hashed = no_categories.reason._split(sketch).counts
     assert hashed is not None
     assert hashed[0].tolist() == pytest.approx([0, 0, 0, 0, 0, 0.75, 0.25, 0])  # 5, 13, 29 -> 5; 6 -> 6
+
+
+def test_the_item_sketch_counts_each_item_written_in_any_chunks(spec: DataSpec) -> None:
+    """Two count-min tables of C_i entries beside the category sketch: each sums to 1, the
+    smaller of an item's two entries bounds its clicks from above, and with C_i far above the
+    number of items it is exact; writing in chunks gives the same sketch."""
+    model = _recurrent_model(spec, item_buckets=256)
+    # 3 slots, the GRU row, the mean and its count, 2 profile rows, (8 + 2 x 256) / d_m = 8 count rows
+    assert model.config.memory_rows == 3 + 1 + 2 + 2 + 65
+    items = torch.randint(2, 30, (2, 3, 4))
+    mask = torch.ones(2, 3, 4, dtype=torch.bool)
+    memory = model.write(model.initial_memory(2), items, mask)
+    chunked = model.write(
+        model.write(model.initial_memory(2), items[:, :1], mask[:, :1]), items[:, 1:], mask[:, 1:]
+    )
+    counts, chunked_counts = model.reason._split(memory).counts, model.reason._split(chunked).counts
+    assert counts is not None and chunked_counts is not None
+    torch.testing.assert_close(chunked_counts, counts)
+    tables = counts[:, 8 : 8 + 2 * 256].unflatten(1, (2, 256))
+    torch.testing.assert_close(tables.sum(dim=-1), torch.ones(2, 2))
+    candidates = torch.arange(2, 30)
+    keys = model.count_keys(candidates)
+    assert keys is not None
+    for user in range(2):
+        entries = counts[user, key_buckets(keys, 8, 256)[:, 1:]]  # (28, 2)
+        estimate = entries.amin(dim=1) * 3 * 4  # 3 whole segments of 4
+        clicks = torch.bincount(items[user].reshape(-1), minlength=30)[2:].to(estimate.dtype)
+        assert bool((estimate >= clicks - 1e-5).all())
+        torch.testing.assert_close(estimate, clicks, rtol=0, atol=1e-5)  # 28 items in 256 entries: exact here
+
+
+def test_the_item_sketch_tells_a_clicked_candidate_from_an_unclicked_one_of_its_category(
+    spec: DataSpec,
+) -> None:
+    """Items 7 and 12 share a category (2 + i % 5): only the item sketch tells them apart, and
+    the item-sketch model scores them differently while the category-only model cannot."""
+    clicked = torch.tensor([[[7, 7, 3, 4]]])
+    mask = torch.ones(1, 1, 4, dtype=torch.bool)
+    for item_buckets, differ in ((0, False), (256, True)):
+        model = _recurrent_model(spec, item_buckets=item_buckets)
+        memory = model.write(model.initial_memory(1), clicked, mask)
+        parts = model.reason._split(memory)
+        # Hold every other feature of the two candidates equal: the same embedding.
+        with torch.no_grad():
+            features = model.embeddings.lookup(torch.tensor([7]))
+            logits = [
+                model.reason(memory, features, keys=model.count_keys(torch.tensor([item])))
+                for item in (7, 12)
+            ]
+        assert parts.counts is not None
+        assert (abs(float(logits[0] - logits[1])) > 1e-6) is differ
 
 
 def test_a_candidate_is_scored_by_its_share_of_the_history(spec: DataSpec) -> None:

@@ -27,7 +27,7 @@ def requests_of(log: pd.DataFrame, per_user: int = 3, seed: int = 0) -> pd.DataF
 
 
 # `cm` before issue 29: no recurrent row, no count sketch (the pending clicks written or read).
-WAVE4 = {"recurrent_state": False, "count_buckets": 0, "recurrent_readout": "own"}
+WAVE4 = {"recurrent_state": False, "count_buckets": 0, "item_buckets": 0, "recurrent_readout": "own"}
 
 
 @pytest.mark.parametrize(
