@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from cmrec import cli
+from tests.bench_scripts import bench_script
 from tests.tiny import TINY_YAML, tiny_data_args
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("mlflow_store")  # tests/conftest.py
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("logit_parts", ROOT / "bench" / "logit_parts.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_logit_parts_hold_each_addend_and_restore_the_model(tmp_path: Path) -> None:
@@ -32,7 +22,7 @@ def test_logit_parts_hold_each_addend_and_restore_the_model(tmp_path: Path) -> N
     argv = ["train", "--model", "cm", *data, "--epochs", "1", "--seed", "0", "--no-mlflow"]
     assert cli.main([*argv, "--config", str(config), "--out", str(run)]) == 0
     trained = json.loads((run / "metrics.json").read_text())["test"]["auc"]
-    parts = _script()
+    parts = bench_script("logit_parts")
     out = tmp_path / "parts.json"
     data_args = [a for a in data if a not in ("--batch-size", "32")]
     rows = parts.main(["--run", str(run), *data_args, "--seed", "0", "--out", str(out)])

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 
 from cmrec.data.samples import Histories, Samples
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("seen_negatives", ROOT / "bench" / "seen_negatives.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench_scripts import bench_script
 
 
 def test_seen_negatives_are_found_in_the_window_and_left_out_of_the_second_auc() -> None:
-    script = _script()
+    script = bench_script("seen_negatives")
     histories = Histories(
         items=np.array([5, 6, 7, 8, 9, 5], dtype=np.int32),
         categories=None,
