@@ -194,8 +194,8 @@ def test_float16_store_halves_memory_bytes_and_scores_closely(
     assert cli.main([*base, "--store", str(tmp_path / "fp16"), "--dtype", "float16"]) == 0
     with sqlite3.connect(tmp_path / "fp16" / "part-00000-of-00001.sqlite") as db:
         assert {len(row[0]) for row in db.execute("SELECT memory FROM users")} == {
-            (3 + 1 + 2 + 2 + 256 // 8) * 8 * 2
-        }  # K slots, the recurrent row, the history-mean rows, two profile rows and the count sketch
+            (3 + 1 + 2 + 2 + (256 + 2 * 1024) // 8) * 8 * 2
+        }  # K slots, the recurrent row, the history-mean and profile rows, the category and item sketches
     ids = sorted(log["user_id"].astype(str).unique())
     items = np.full(len(ids), log["item_id"].iloc[0])
     full = open_scorer(run_dir, tmp_path / "fp32").score(ids, items).probabilities
