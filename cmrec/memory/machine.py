@@ -52,7 +52,7 @@ class ContinualMemoryMachine(nn.Module):
     after the last click written. It is what the memory knows of the order of the latest clicks,
     which the segment encoder sees only inside a segment. Written in chunks it equals the whole
     write, because each chunk's GRU starts from the row. Row layout: K slots, [the recurrent row],
-    [the mean, P profile rows, ceil(C / d_m) count rows, the segment count].
+    [the mean, P profile rows, ceil((C + 2 C_i) / d_m) count rows, the segment count].
 
     Args:
         encoder: the segment encoder.
