@@ -34,6 +34,7 @@ from cmrec.data.batch import Batch
 from cmrec.data.dataset import ClickLogData
 from cmrec.data.synthetic import SyntheticConfig, generate
 from cmrec.errors import ConfigError
+from cmrec.memory.machine import Trajectory
 from cmrec.models import ContinualMemoryModel, DataSpec, build_model, model_names
 from cmrec.output import ModelOutput
 from cmrec.pipelines._common import read_overrides, run_command
@@ -166,13 +167,27 @@ def _timed(fn: Callable[[], torch.Tensor], repeats: int = 2) -> tuple[float, int
 
 def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, float]]:
     """Each part's forward + backward, measured alone on this batch's tensors."""
-    x, ids, mask = model.segments(batch.history)
-    x = x.detach().requires_grad_()
+    grid = model.history_grid(batch.history)
+    x, ids, mask, keys, initial = (
+        grid.x.detach().requires_grad_(),
+        grid.ids,
+        grid.mask,
+        grid.keys,
+        grid.initial,
+    )
     features = model.machine.encoder(x, mask).detach().requires_grad_()
-    initial = model.initial_memory(x.shape[0])
-    keys = model.key_grid(batch.history)  # the count sketch's keys (None without it)
-    states = model.machine.trajectory(initial, x, mask, keys).detach().requires_grad_()  # (H, T, R, d_m)
-    memory = model.machine.slots_of(states[:, -1])
+
+    # The head's input: the trajectory (memories and per-click values), cut off from the writes.
+    def cut(part: torch.Tensor | None) -> torch.Tensor | None:
+        return None if part is None else part.detach().requires_grad_()
+
+    trajectory = Trajectory(
+        grid.trajectory.states.detach().requires_grad_(),
+        cut(grid.trajectory.values),
+        cut(grid.trajectory.recurrent),
+    )
+    grid = grid._replace(x=x, trajectory=trajectory)
+    memory = model.machine.slots_of(trajectory.states[:, -1])
 
     def update_loop() -> torch.Tensor:  # the slots' update, the recurrent row and the running means
         return model.machine.write_features(initial, features, mask, x, keys)
@@ -181,7 +196,7 @@ def _cm_parts(model: ContinualMemoryModel, batch: Batch) -> dict[str, dict[str, 
         "embeddings": lambda: model.embeddings(batch.history)[0],
         "encoder": lambda: model.machine.encoder(x, mask),
         "memory_update": update_loop,
-        "reason_head": lambda: model.reason_logits(states, batch, x, mask),  # samples and dense targets
+        "reason_head": lambda: model.reason_logits(grid, batch),  # samples and dense targets
     }
     if model.recall is not None:
         recall = model.recall

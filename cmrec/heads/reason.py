@@ -41,6 +41,7 @@ third addend, GRU4REC's read-out ``MLP([h; e_C; W e_C ⊙ h])``, joins the slots
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -49,7 +50,7 @@ from torch.nn import functional
 
 from cmrec.baselines.common import MLP
 from cmrec.errors import ConfigError
-from cmrec.memory.machine import MemoryParts, count_rows, split_memory
+from cmrec.memory.machine import MemoryParts, Pending, count_rows, split_memory
 from cmrec.memory.profile import Prototypes
 from cmrec.memory.sketch import ITEM_HASHES, key_buckets, sketch_entries
 
@@ -77,7 +78,10 @@ class _Hop(nn.Module):
         # Project each memory once, then gather: many queries (dense targets) share one memory.
         slots = self.slot(memory)  # (M, K, d_model)
         if rows is not None:
-            memory, slots = memory[rows], slots[rows]  # (S, K, d_m), (S, K, d_model)
+            memory, slots = (
+                memory.index_select(0, rows),
+                slots.index_select(0, rows),
+            )  # (S, K, d_m), (S, K, d)
         weights = self.attention(slots, query)  # (S, K, 1)
         evidence = (weights * memory).sum(dim=1)  # (S, d_m) e_c
         return self.next_query(torch.cat([evidence, query], dim=-1))  # (S, d_model) q_c
@@ -246,46 +250,84 @@ class ReasonHead(nn.Module):
         candidates: torch.Tensor,
         rows: torch.Tensor | None = None,
         keys: torch.Tensor | None = None,
+        pending: Pending | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`forward`'s two addends: the slots' logit (with the recurrent row's) and the history
-        mean's (None without it)."""
+        mean's (None without it).
+
+        `pending` (one row per candidate) holds the clicks since the memory's last whole segment:
+        they are counted into the running means read (history mean, profile, the candidate's
+        count-sketch entries, the segment count) and the recurrent row after them is read, which
+        equals scoring from ``machine.count_partial(memory, those clicks)``.
+        """
         mean_logits: torch.Tensor | None = None
         parts_of = self._split(memory)
         memory = parts_of.slots  # (M, K, d_m)
 
         def rowed(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor if rows is None else tensor[rows]
+            return tensor if rows is None else tensor.index_select(0, rows)
 
+        segments = None if parts_of.segments is None else rowed(parts_of.segments)  # (S,)
+        counted: torch.Tensor | None = None  # (S,) 1 where pending clicks make a new segment, else 0
+        if pending is not None and segments is not None:
+            counted = (pending.clicks > 0).to(segments.dtype)
+
+        def with_pending(mean: torch.Tensor, pending_mean: torch.Tensor) -> torch.Tensor:
+            """A running mean with the pending clicks counted as one more segment."""
+            assert counted is not None and segments is not None
+            step = counted / (segments + 1.0)
+            return mean + (pending_mean - mean) * step.view(-1, *([1] * (mean.dim() - 1)))
+
+        per_click: torch.Tensor | None = None  # (S, 1 + P, d_m) the pending clicks' mean values
+        if pending is not None and pending.sums is not None:
+            per_click = pending.sums / pending.clicks.clamp(min=1).to(pending.sums.dtype)[:, None, None]
         if self.mean_output is not None and parts_of.mean is not None:
             mean = rowed(parts_of.mean)  # (S, d_m)
+            if per_click is not None:
+                mean = with_pending(mean, per_click[:, 0])
             parts = [mean, candidates, mean * candidates]  # (S, 3 d_m)
             if self.assign is not None and parts_of.profile is not None:
                 profile = rowed(parts_of.profile)  # (S, P d_m)
+                if per_click is not None:
+                    profile = with_pending(profile, per_click[:, 1:].flatten(1))
                 share = (self.assign(candidates) * profile).sum(dim=-1)  # (S,)
                 parts.append(torch.log(share.clamp(min=1e-6) * profile.shape[-1])[:, None])
-            if self.count_rows and parts_of.counts is not None and parts_of.segments is not None:
+            if self.count_rows and parts_of.counts is not None and segments is not None:
                 if keys is None:
                     raise ConfigError("count_buckets: scoring needs the candidates' count-sketch keys")
-                counts = rowed(parts_of.counts)  # (S, rows x d_m >= C + 2 C_i)
-                shares = counts.gather(1, key_buckets(keys.long(), self.count_buckets, self.item_buckets))
-                segments = rowed(parts_of.segments)[:, None]  # (S, 1)
+                buckets = key_buckets(keys.long(), self.count_buckets, self.item_buckets)  # (S, Q)
+                counts = parts_of.counts  # (M, entries)
+                if rows is None:
+                    shares = counts.gather(1, buckets)  # (S, Q)
+                else:  # gather the candidates' entries only, not each candidate's whole sketch
+                    flat = (rows[:, None] * counts.shape[1] + buckets).flatten()
+                    shares = counts.reshape(-1).index_select(0, flat).view(buckets.shape)
+                if pending is not None and pending.keys is not None:
+                    # The pending clicks' share in each of the candidate's entries.
+                    keys = pending.keys.long()
+                    held = key_buckets(keys, self.count_buckets, self.item_buckets)  # (S, W, Q)
+                    hits = ((held == buckets[:, None]) & pending.held[..., None]).sum(dim=1)  # (S, Q)
+                    shares = with_pending(
+                        shares, hits.to(shares.dtype) / pending.clicks.clamp(min=1)[:, None]
+                    )
+                seen = segments if counted is None else segments + counted  # (S,)
+                seen = seen[:, None]
                 if self.count_buckets:
                     own = shares[:, :1]  # (S, 1) the share of the candidate's category
-                    buckets = float(self.count_buckets)
-                    parts += [torch.log(own * buckets + 1.0 / buckets), own, torch.log1p(segments)]
+                    buckets_count = float(self.count_buckets)
+                    parts += [torch.log(own * buckets_count + 1.0 / buckets_count), own, torch.log1p(seen)]
                 if self.item_buckets:
                     # The count-min estimate of the candidate's clicks (exact for whole segments).
                     item_share = shares[:, -ITEM_HASHES:].amin(dim=1, keepdim=True)
-                    parts.append(torch.log1p(item_share * segments * self.segment_len))
+                    parts.append(torch.log1p(item_share * seen * self.segment_len))
+            state = None
             if self.recurrent and self.recurrent_output is None and self.recurrent_target is not None:
-                assert parts_of.recurrent is not None
-                state = rowed(parts_of.recurrent)  # (S, d_m)
+                state = self._recurrent_of(parts_of, rowed, pending)  # (S, d_m)
                 parts += [state, self.recurrent_target(candidates) * state]
             mean_logits = self.mean_output(torch.cat(parts, dim=-1)).squeeze(-1)
         recurrent_logits: torch.Tensor | None = None
         if self.recurrent_output is not None and self.recurrent_target is not None:
-            assert parts_of.recurrent is not None
-            state = rowed(parts_of.recurrent)  # (S, d_m)
+            state = self._recurrent_of(parts_of, rowed, pending)  # (S, d_m)
             features = torch.cat([state, candidates, self.recurrent_target(candidates) * state], dim=-1)
             recurrent_logits = self.recurrent_output(features).squeeze(-1)
         slot_logits = self._slot_logits(memory, candidates, rows)
@@ -294,6 +336,16 @@ class ReasonHead(nn.Module):
         elif recurrent_logits is not None:
             slot_logits = slot_logits + recurrent_logits
         return slot_logits, mean_logits
+
+    @staticmethod
+    def _recurrent_of(
+        parts_of: MemoryParts, rowed: Callable[[torch.Tensor], torch.Tensor], pending: Pending | None
+    ) -> torch.Tensor:
+        """(S, d_m) the recurrent row each candidate reads: after the pending clicks, if given."""
+        if pending is not None and pending.recurrent is not None:
+            return pending.recurrent
+        assert parts_of.recurrent is not None
+        return rowed(parts_of.recurrent)
 
     def _slot_logits(
         self, memory: torch.Tensor, candidates: torch.Tensor, rows: torch.Tensor | None
@@ -305,7 +357,7 @@ class ReasonHead(nn.Module):
         if self.readout == "linear":
             return self.output(query).squeeze(-1)
         if rows is not None:
-            memory = memory[rows]  # (S, K, d_m)
+            memory = memory.index_select(0, rows)  # (S, K, d_m)
         scores = (memory @ self.match(first)[:, :, None]).squeeze(-1) * memory.shape[-1] ** -0.5  # (S, K)
         strength = torch.stack([scores.amax(dim=1), torch.logsumexp(scores, dim=1)], dim=-1)  # (S, 2)
         features = torch.cat([first, query, first * query, first - query, strength], dim=-1)

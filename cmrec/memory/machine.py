@@ -157,8 +157,15 @@ class ContinualMemoryMachine(nn.Module):
         ``trajectory(...)[:, -1]`` is `forward`'s result (trailing padding segments change nothing);
         ``[:, t]`` is the memory after segments 0..t, what dense training scores segment t + 1 with.
         """
+        return self.trajectory_parts(memory, x, mask, keys).states
+
+    def trajectory_parts(
+        self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> Trajectory:
+        """`trajectory` and what it computed per click on the way (`Trajectory`): what training
+        reads the clicks since a target's last whole segment from (`target_pending`)."""
         features = self.encoder(x, mask)  # (B, T, N, d_x)
-        return torch.stack(self._states(memory, features, mask, x, keys), dim=1)
+        return self._trajectory(memory, features, mask, x, keys)
 
     def write_features(
         self,
@@ -170,8 +177,8 @@ class ContinualMemoryMachine(nn.Module):
     ) -> torch.Tensor:
         """The memory update alone: write already encoded (B, T, N, d_x) features of the
         (B, T, N, d_x) items `x`, oldest first."""
-        states = self._states(memory, features, mask, x, keys)
-        return states[-1] if states else memory
+        states = self._trajectory(memory, features, mask, x, keys).states
+        return states[:, -1] if states.shape[1] else memory
 
     def count_partial(
         self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None = None
@@ -199,48 +206,135 @@ class ContinualMemoryMachine(nn.Module):
         """(..., K, d_m) the slots of (..., rows, d_m) memories (what attention and recall read)."""
         return memory[..., : self.slots, :]
 
-    def _states(
+    def _trajectory(
         self,
         memory: torch.Tensor,
         features: torch.Tensor,
         mask: torch.Tensor,
         x: torch.Tensor,
         keys: torch.Tensor | None = None,
-    ) -> list[torch.Tensor]:
-        """The T memories after each segment, (B, rows, d_m) each: the one update loop."""
-        projected = self.update.project_items(features)  # (B, T, N, d_model)
+    ) -> Trajectory:
+        """The memories after each segment, (B, T, rows, d_m): the one update code path.
+
+        Only the slots need a loop over the segments; the recurrent row is one GRU pass over all
+        the clicks, and the running means are cumulative sums (``mean_t = (n_0 m_0 + sum of the
+        values of live segments up to t) / (n_0 + live segments up to t)``, what ``mean += (s_t -
+        mean) / t`` computes, to rounding).
+        """
         live = mask.any(dim=-1)  # (B, T) segments with at least one item
-        means = self._segment_values(x, mask, keys)  # (B, T, V, d_m): what the running means take in
-        # (B, T, d_m) the recurrent row after each segment: one GRU pass over all the clicks.
-        recurrent = (
-            self._recurrent_states(memory[:, self.slots], x, mask)
-            if self.recurrent is not None
-            else x.new_zeros(*x.shape[:2], 0)
-        )
+        parts = [self._slot_states(self.slots_of(memory), features, mask, live)]  # (B, T, K, d_m)
+        outputs = None
+        if self.recurrent is not None:
+            # (B, T x N, d_m) the recurrent row after each click: one GRU pass over all the clicks.
+            outputs = self._recurrent_outputs(memory[:, self.slots], x, mask)
+            parts.append(self._segment_ends(memory[:, self.slots], outputs, mask)[:, :, None])
+        values = None
+        if self.history_mean:
+            values = self._click_values(x, mask)  # (B, T, N, 1 + P, d_m)
+            segment_values = self._segment_values(x, mask, keys, values)  # (B, T, V, d_m)
+            parts.append(_running_means(memory[:, self.mean_start :], segment_values, live))
+        return Trajectory(torch.cat(parts, dim=2), values, outputs)
+
+    def _slot_states(
+        self, slots: torch.Tensor, features: torch.Tensor, mask: torch.Tensor, live: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, K, d_m) slots before (B, T, N, d_x) features -> (B, T, K, d_m) the slots after each
+        segment; a segment without a real item leaves them as they were, and costs nothing: each
+        step updates only the memories whose segment is live."""
+        projected = self.update.project_items(features)  # (B, T, N, d_model)
+        live_rows = live.sum(dim=0).tolist()  # (T,) memories with a live segment at each step
         states = []
         # unbind once: indexing [:, t] in the loop would give each step's backward a whole-size gradient.
-        steps = zip(
-            features.unbind(1),
-            projected.unbind(1),
-            mask.unbind(1),
-            live.unbind(1),
-            means.unbind(1),
-            recurrent.unbind(1),
-            strict=True,
-        )
-        for features_t, projected_t, mask_t, live_t, mean_t, recurrent_t in steps:  # sequential over segments
-            written = self.update(self.slots_of(memory), features_t, projected_t, mask_t)
-            if self.recurrent is not None:
-                written = torch.cat([written, recurrent_t[:, None]], dim=1)
-            if self.history_mean:
-                written = torch.cat([written, _add_to_mean(memory[:, self.mean_start :], mean_t)], dim=1)
-            memory = torch.where(live_t[:, None, None], written, memory)
-            states.append(memory)
-        return states
+        steps = zip(features.unbind(1), projected.unbind(1), mask.unbind(1), live.unbind(1), strict=True)
+        for (features_t, projected_t, mask_t, live_t), count in zip(steps, live_rows, strict=True):
+            if count == len(slots):
+                slots = self.update(slots, features_t, projected_t, mask_t)
+            elif count:
+                index = live_t.nonzero().squeeze(1)
+                written = self.update(
+                    slots.index_select(0, index),
+                    features_t.index_select(0, index),
+                    projected_t.index_select(0, index),
+                    mask_t.index_select(0, index),
+                )
+                slots = slots.index_copy(0, index, written)
+            states.append(slots)
+        if not states:
+            return slots.new_zeros(len(slots), 0, *slots.shape[1:])
+        return torch.stack(states, dim=1)
+
+    def target_pending(
+        self,
+        trajectory: Trajectory,
+        initial: torch.Tensor,
+        mask: torch.Tensor,
+        keys: torch.Tensor | None,
+        histories: torch.Tensor,
+        ends: torch.Tensor,
+    ) -> Pending:
+        """The clicks since the last whole segment before each of J targets, read from a
+        trajectory: what `pending` gives for those clicks, without running anything again.
+
+        Args:
+            trajectory: `trajectory_parts` of (B, T, N) grids.
+            initial: (B, rows, d_m) the memories the trajectory started from.
+            mask: (B, T, N) the grid's real clicks.
+            keys: (B, T, N) their count-sketch keys (None without a sketch).
+            histories: (J,) the grid row of each target.
+            ends: (J,) the clicks of its history before it.
+
+        Returns:
+            `Pending` of the J targets: the ``ends % N`` clicks of segment ``ends // N``. Its
+            recurrent row is the GRU's state after the click before the target.
+        """
+        _, segments, length = mask.shape
+        count = ends % length
+        segment = (ends // length).clamp(max=max(segments - 1, 0))  # T (no click held): any segment
+        held = (count[:, None] > torch.arange(length, device=ends.device)).to(mask.dtype)  # (J, N)
+        grid_row = histories * segments + segment  # (J,) row of the (B T)-flattened grid
+        sums = None
+        if trajectory.values is not None:
+            prefix = trajectory.values.cumsum(dim=2).flatten(0, 2)  # (B T N, 1 + P, d_m)
+            # index_select: a deterministic backward (advanced indexing's accumulates in any order).
+            picked = prefix.index_select(0, grid_row * length + (count - 1).clamp(min=0))
+            sums = picked * (count > 0).to(picked.dtype)[:, None, None]
+        pending_keys = None if keys is None else keys.flatten(0, 1).index_select(0, grid_row)
+        recurrent = None
+        if trajectory.recurrent is not None:
+            after = trajectory.recurrent.flatten(0, 1).index_select(
+                0, histories * segments * length + (ends - 1).clamp(min=0)
+            )
+            before = initial[:, self.slots].index_select(0, histories)
+            recurrent = torch.where((ends > 0)[:, None], after, before)
+        return Pending(count, held, sums, pending_keys, recurrent)
+
+    def pending(
+        self, memory: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> Pending:
+        """What the head reads of a partial segment (`Pending`): (B, rows, d_m) memories, (B, W,
+        d_x) clicks (real ones first, W < N), their (B, W) mask and (B, W) count-sketch keys."""
+        count = mask.sum(dim=1)
+        sums = None
+        if self.history_mean:
+            sums = self._click_values(x[:, None], mask[:, None])[:, 0].sum(dim=1)  # (B, 1 + P, d_m)
+        recurrent = None
+        if self.recurrent is not None:
+            state = memory[:, self.slots]
+            if x.shape[1]:
+                outputs = self._recurrent_outputs(state, x[:, None], mask[:, None])
+                recurrent = self._segment_ends(state, outputs, mask[:, None])[:, 0]
+            else:
+                recurrent = state
+        return Pending(count, mask, sums, keys, recurrent)
 
     def _recurrent_states(self, state: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, d_m) recurrent rows, (B, T, N, d_x) items and their mask -> (B, T, d_m) the row after
-        each segment's last real click (the row before it for an empty segment).
+        each segment's last real click (the row before it for an empty segment)."""
+        return self._segment_ends(state, self._recurrent_outputs(state, x, mask), mask)
+
+    def _recurrent_outputs(self, state: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, d_m) recurrent rows, (B, T, N, d_x) items and their mask -> (B, T x N, d_m) the row
+        after each click of the flattened grid.
 
         The GRU runs once over the T x N grid flattened; padding may only follow the real clicks
         (a right-padded history, or whole segments and then a partial one), so no state read ever
@@ -252,39 +346,96 @@ class ContinualMemoryMachine(nn.Module):
         if flat.shape[1] > 1 and bool((flat[:, 1:] & ~flat[:, :-1]).any()):
             raise ConfigError("the recurrent row needs each history's real clicks first, padding after them")
         outputs, _ = self.recurrent(x.reshape(batch, segments * length, -1), state[None].contiguous())
-        real = mask.sum(dim=-1)  # (B, T)
-        last = (torch.arange(segments, device=x.device) * length)[None] + (real - 1).clamp(min=0)  # (B, T)
-        ends = outputs.gather(1, last[..., None].expand(-1, -1, outputs.shape[-1]))  # (B, T, d_m)
-        # An empty segment keeps the state before it; only trailing segments can be empty.
-        previous = torch.cat([state[:, None], ends[:, :-1]], dim=1)
-        return torch.where((real > 0)[..., None], ends, previous)
+        return outputs
+
+    @staticmethod
+    def _segment_ends(state: torch.Tensor, outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, d_m) the recurrent row after each segment's last real click, from the GRU's
+        (B, T x N, d_m) outputs (the row before it for an empty segment)."""
+        # The real clicks come first (`_recurrent_outputs` checks): the last one up to segment t
+        # is click number (clicks in segments 0..t) - 1 of the flattened grid.
+        seen = mask.sum(dim=-1).cumsum(dim=1)  # (B, T)
+        ends = outputs.gather(1, (seen - 1).clamp(min=0)[..., None].expand(-1, -1, outputs.shape[-1]))
+        return torch.where((seen > 0)[..., None], ends, state[:, None])  # (B, T, d_m)
+
+    def _click_values(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, N, 1 + P, d_m) what each click adds to the history mean and the profile: its
+        embedding and (with the profile) its prototype assignment as P rows; zero at padding."""
+        values = [x[..., None, :]]
+        if self.prototypes is not None:
+            values.append(self.prototypes(x).unflatten(-1, (self.profile_rows, x.shape[-1])))
+        merged = values[0] if len(values) == 1 else torch.cat(values, dim=-2)
+        return merged * mask.to(x.dtype)[..., None, None]
 
     def _segment_values(
-        self, x: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        keys: torch.Tensor | None = None,
+        click_values: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T, V, d_m) per segment: its mean item, (with the profile) its mean prototype
         assignment as P rows and (with the count sketch) its key histogram as C / d_m rows; V = 0
-        without ``history_mean``."""
+        without ``history_mean``. `click_values`: `_click_values(x, mask)`, if already computed."""
         if not self.history_mean:
             return x.new_zeros((*x.shape[:2], 0, x.shape[-1]))
-        values = [_segment_means(x, mask)[:, :, None]]  # (B, T, 1, d_x)
-        if self.prototypes is not None:
-            assignment = self.prototypes(x)  # (B, T, N, P d_m)
-            values.append(_segment_means(assignment, mask).unflatten(-1, (self.profile_rows, x.shape[-1])))
+        if click_values is None:
+            click_values = self._click_values(x, mask)
+        weights = mask.to(x.dtype)
+        real = weights.sum(dim=2).clamp(min=1.0)  # (B, T)
+        values = [click_values.sum(dim=2) / real[..., None, None]]  # (B, T, 1 + P, d_m)
         if self.sketch_entries:
             if keys is None:
                 raise ConfigError("count_buckets: writing a memory needs the items' count-sketch keys")
-            weights = mask.to(x.dtype)
             buckets = key_buckets(keys.long(), self.count_buckets, self.item_buckets)  # (B, T, N, Q)
             histogram = x.new_zeros(*mask.shape[:2], self.sketch_entries)
             histogram.scatter_add_(
                 2, buckets.flatten(2), weights[..., None].expand(buckets.shape).flatten(2)
             )  # (B, T, entries): each table's counts
-            histogram = histogram / weights.sum(dim=2, keepdim=True).clamp(min=1.0)
+            histogram = histogram / real[..., None]
             width = count_rows(self.sketch_entries, x.shape[-1]) * x.shape[-1]  # whole rows; the rest stays 0
             histogram = functional.pad(histogram, (0, width - self.sketch_entries))
             values.append(histogram.unflatten(-1, (-1, x.shape[-1])))
         return torch.cat(values, dim=2)
+
+
+class Trajectory(NamedTuple):
+    """`ContinualMemoryMachine.trajectory_parts`: the memories after every segment and what was
+    computed per click on the way."""
+
+    states: torch.Tensor  # (B, T, rows, d_m) the memory after each segment
+    values: torch.Tensor | None  # (B, T, N, 1 + P, d_m) each click's mean and profile values (history_mean)
+    recurrent: torch.Tensor | None  # (B, T x N, d_m) the recurrent row after each click (recurrent)
+
+
+class Pending(NamedTuple):
+    """What the reason head reads of the clicks since a memory's last whole segment (fewer than N),
+    one row per memory or target: the head counts them into the running means it reads and takes
+    the recurrent row after them, which is what writing them would do to those rows
+    (`ContinualMemoryMachine.count_partial`), at the cost of a few vector operations.
+
+    Shape letters: J rows, W <= N clicks.
+    """
+
+    clicks: torch.Tensor  # (J,) int64 clicks pending
+    held: torch.Tensor  # (J, W) bool, True at the pending clicks (first in each row)
+    sums: torch.Tensor | None  # (J, 1 + P, d_m) the sum of their embeddings and prototype assignments
+    keys: torch.Tensor | None  # (J, W) their count-sketch keys (read where `held`)
+    recurrent: torch.Tensor | None  # (J, d_m) the recurrent row after them
+
+    def select(self, rows: torch.Tensor) -> Pending:
+        """The rows `rows` (S,) of each field."""
+
+        def pick(field: torch.Tensor | None) -> torch.Tensor | None:
+            return None if field is None else field.index_select(0, rows)
+
+        return Pending(
+            self.clicks.index_select(0, rows),
+            self.held.index_select(0, rows),
+            pick(self.sums),
+            pick(self.keys),
+            pick(self.recurrent),
+        )
 
 
 MEAN_ROWS = 2  # the history mean and its segment count (`ContinualMemoryMachine`, history_mean)
@@ -344,12 +495,6 @@ def memory_rows(
     return slots + (1 if recurrent else 0) + means
 
 
-def _segment_means(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, N, F) values and (B, T, N) mask -> (B, T, F) each segment's mean value (0 if empty)."""
-    weights = mask.to(x.dtype)[..., None]
-    return (x * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1.0)
-
-
 def _add_to_mean(rows: torch.Tensor, segment_values: torch.Tensor) -> torch.Tensor:
     """(B, V + 1, d_m) [running means; count row] and (B, V, d_m) a new segment's values -> the
     V + 1 rows after it (every running mean moves by (value - mean) / count)."""
@@ -357,3 +502,16 @@ def _add_to_mean(rows: torch.Tensor, segment_values: torch.Tensor) -> torch.Tens
     means = means + (segment_values - means) / count[:, :, None]
     count_row = torch.cat([count, torch.zeros_like(means[:, 0, 1:])], dim=-1)
     return torch.cat([means, count_row[:, None]], dim=1)
+
+
+def _running_means(rows: torch.Tensor, values: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """(B, V + 1, d_m) [running means; count row] before T segments, their (B, T, V, d_m) values
+    and (B, T) live flags -> (B, T, V + 1, d_m) the rows after each segment: each mean over the
+    live segments so far (a dead segment changes nothing), computed in float32."""
+    means, start = rows[:, :-1].float(), rows[:, -1, 0].float()  # (B, V, d_m), (B,)
+    counts = start[:, None] + live.float().cumsum(dim=1)  # (B, T)
+    totals = (means * start[:, None, None])[:, None] + (values.float() * live[..., None, None]).cumsum(dim=1)
+    seen = (counts > 0)[..., None, None]
+    averaged = torch.where(seen, totals / counts.clamp(min=1.0)[..., None, None], means[:, None])
+    count_row = functional.pad(counts[..., None], (0, rows.shape[-1] - 1))  # (B, T, d_m)
+    return torch.cat([averaged, count_row[:, :, None]], dim=2).to(rows.dtype)

@@ -7,6 +7,8 @@ count-sketch rows that are on), d_x item width, d_m slot width, P sampled items.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -19,7 +21,7 @@ from cmrec.errors import ConfigError
 from cmrec.heads.reason import ReasonHead
 from cmrec.heads.recent import RecentReader
 from cmrec.memory.encoder import SegmentEncoder
-from cmrec.memory.machine import ContinualMemoryMachine
+from cmrec.memory.machine import ContinualMemoryMachine, Trajectory
 from cmrec.memory.sketch import pack_keys
 from cmrec.memory.update import MemoryUpdate
 from cmrec.models.config import CMConfig
@@ -171,12 +173,14 @@ class ContinualMemoryModel(RecModel):
         recent_items, recent_mask, recent_categories = recent
         clicks = self.embeddings.lookup(recent_items, recent_categories)  # (U, W, d_x)
         mask = recent_mask.bool()
-        # The running means count the clicks as the partial segment they are and the recurrent row
-        # runs over them (once per user); the slots stay those of whole segments.
-        memory = self.machine.count_partial(
-            memory, clicks, mask, self.count_keys(recent_items, recent_categories)
+        # The head counts the clicks into the running means as the partial segment they are and
+        # reads the recurrent row after them (run once per user); the slots are those of whole
+        # segments.
+        pending = self.machine.pending(memory, clicks, mask, self.count_keys(recent_items, recent_categories))
+        slot_logits, mean_logits = self.reason.logit_parts(
+            memory, candidates, rows, keys, pending if rows is None else pending.select(rows)
         )
-        logits = self.reason(memory, candidates, rows, keys)
+        logits = slot_logits if mean_logits is None else slot_logits + mean_logits
         if self.recent is None:
             return logits
         if rows is not None:
@@ -198,9 +202,16 @@ class ContinualMemoryModel(RecModel):
         self, history: KeyedJaggedTensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """`build_memory` with the memory after every segment: states (H, T, R, d_m), x, ids, mask."""
+        grid = self.history_grid(history)
+        return grid.trajectory.states, grid.x, grid.ids, grid.mask
+
+    def history_grid(self, history: KeyedJaggedTensor) -> HistoryGrid:
+        """The histories cut into segments and written: everything training reads (`HistoryGrid`)."""
         x, ids, mask = self.segments(history)
-        states = self.machine.trajectory(self.initial_memory(x.shape[0]), x, mask, self.key_grid(history))
-        return states, x, ids, mask
+        keys = self.key_grid(history)
+        initial = self.initial_memory(x.shape[0])
+        trajectory = self.machine.trajectory_parts(initial, x, mask, keys)
+        return HistoryGrid(x, ids, mask, keys, initial, trajectory)
 
     def segments(self, history: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embedded histories cut into N-click segments: x (H, T, N, d_x), ids (H, T, N), mask (H, T, N)."""
@@ -220,36 +231,25 @@ class ContinualMemoryModel(RecModel):
         grid, _ = segment_jagged(keys, lengths, self.config.segment_len)
         return grid
 
-    def reason_logits(
-        self,
-        states: torch.Tensor,
-        batch: Batch,
-        x: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits of the batch's samples, then of its dense targets (if any).
-
-        Args:
-            states: (H, T, R, d_m) the memory after every segment (`build_trajectory`).
-            x, mask: the segment grid (H, T, N, d_x) and (H, T, N) of `build_trajectory`; needed
-                with `CMConfig.recent_clicks` only.
-
-        Returns:
-            (S + D,) logits; the first S are the samples'.
-        """
-        slot_logits, mean_logits = self.reason_logit_parts(states, batch, x, mask)
+    def reason_logits(self, grid: HistoryGrid, batch: Batch) -> torch.Tensor:
+        """(S + D,) logits of the batch's samples, then of its dense targets (if any), from the
+        written histories (`history_grid`); the first S are the samples'."""
+        slot_logits, mean_logits = self.reason_logit_parts(grid, batch)
         return slot_logits if mean_logits is None else slot_logits + mean_logits
 
-    def reason_logit_parts(
-        self,
-        states: torch.Tensor,
-        batch: Batch,
-        x: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def reason_logit_parts(self, grid: HistoryGrid, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`reason_logits` as the head's two addends (`ReasonHead.logit_parts`); the recent clicks'
-        logit (`CMConfig.recent_clicks`) is part of the first."""
-        history, segments = states.shape[0], states.shape[1]
+        logit (`CMConfig.recent_clicks`) is part of the first.
+
+        Every target is scored in one head call. Without `CMConfig.recent_clicks` a target reads
+        the memory after the whole segments before it (or fewer, with a dense horizon). With it,
+        the memory after its last whole segment plus the clicks since (the store's pending clicks
+        in serving), which the head reads as a `Pending` taken from the trajectory: prefix sums of
+        the clicks' values and the recurrent GRU's output at the click before the target, nothing
+        run again per target.
+        """
+        states = grid.trajectory.states
+        segments = states.shape[1]
         items, categories = batch.target_items, batch.target_categories
         targets = batch.history_targets
         dense = targets is not None and len(targets) > 0
@@ -262,12 +262,10 @@ class ContinualMemoryModel(RecModel):
                 rows = torch.cat([rows, targets.history_row * segments + targets.seen - 1])
             memories = states.flatten(0, 1)
         else:
-            if x is None or mask is None:
-                raise ConfigError("recent_clicks: reason_logit_parts needs the segment grid (x, mask)")
             # Memories after 0, 1, ..., T whole segments: a sample's is the one after its last whole
             # segment, and the clicks after it are read as recent, as serving reads pending clicks.
-            memories = torch.cat([self.initial_memory(history)[:, None], states], dim=1).flatten(0, 1)
-            lengths = mask.sum(dim=(1, 2))  # (H,)
+            memories = torch.cat([grid.initial[:, None], states], dim=1).flatten(0, 1)
+            lengths = grid.mask.sum(dim=(1, 2))  # (H,)
             whole = lengths[batch.history_index] // self.config.segment_len  # (S,)
             rows = batch.history_index * (segments + 1) + whole
             rows_of, ends = [batch.history_index], [lengths[batch.history_index]]
@@ -284,26 +282,21 @@ class ContinualMemoryModel(RecModel):
         keys = self.count_keys(items, categories)
         if not self.reads_recent:
             return self.reason.logit_parts(memories, candidates, rows, keys)  # one call for all targets
-        assert x is not None and mask is not None
         history_rows, history_ends = torch.cat(rows_of), torch.cat(ends)
-        recent, recent_mask = _recent_clicks(x, history_rows, history_ends)
-        key_grid = self.key_grid(batch.history)
-        recent_keys = None if key_grid is None else _recent_clicks(key_grid, history_rows, history_ends)[0]
-        # As `score` reads a store: the running means count the recent clicks, the recurrent row
-        # runs over them.
-        # index_select, not memories[rows]: its backward adds the repeated rows' gradients in a fixed
-        # order, where advanced indexing's accumulating backward differs from run to run on several
-        # threads (same seed, same batch: losses apart in the 8th digit).
-        memory = self.machine.count_partial(memories.index_select(0, rows), recent, recent_mask, recent_keys)
-        slot_logits, mean_logits = self.reason.logit_parts(memory, candidates, keys=keys)
+        pending = self.machine.target_pending(
+            grid.trajectory, grid.initial, grid.mask, grid.keys, history_rows, history_ends
+        )
+        slot_logits, mean_logits = self.reason.logit_parts(memories, candidates, rows, keys, pending)
         if self.recent is not None:
+            recent, recent_mask = _recent_clicks(grid.x, history_rows, history_ends)
             slot_logits = slot_logits + self.recent(recent, recent_mask, candidates)
         return slot_logits, mean_logits
 
     def forward(self, batch: Batch) -> ModelOutput:
-        states, x, ids, mask = self.build_trajectory(batch.history)  # one pass per distinct history
-        memory = self.machine.slots_of(states[:, -1])  # (H, K, d_m) what the recall model reads
-        slot_logits, mean_logits = self.reason_logit_parts(states, batch, x, mask)
+        grid = self.history_grid(batch.history)  # one pass per distinct history
+        x, ids, mask = grid.x, grid.ids, grid.mask
+        memory = self.machine.slots_of(grid.trajectory.states[:, -1])  # (H, K, d_m) what recall reads
+        slot_logits, mean_logits = self.reason_logit_parts(grid, batch)
         all_logits = slot_logits if mean_logits is None else slot_logits + mean_logits
         logits = all_logits[: batch.num_samples]
         losses = {"reason": self._target_loss(all_logits, batch)}
@@ -322,6 +315,17 @@ class ContinualMemoryModel(RecModel):
     def _target_loss(self, all_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         dense = all_logits[batch.num_samples :] if batch.history_targets is not None else None
         return batch.target_loss(all_logits[: batch.num_samples], dense, self.config.sample_share)
+
+
+class HistoryGrid(NamedTuple):
+    """Jagged histories cut into (H, T, N) segment grids and written (`history_grid`)."""
+
+    x: torch.Tensor  # (H, T, N, d_x) the clicks' embeddings
+    ids: torch.Tensor  # (H, T, N) their item ids
+    mask: torch.Tensor  # (H, T, N) True at real clicks
+    keys: torch.Tensor | None  # (H, T, N) their count-sketch keys (None without a sketch)
+    initial: torch.Tensor  # (H, R, d_m) the memories the writes started from
+    trajectory: Trajectory  # the memory after every segment, and per-click values
 
 
 def _given(tensor: torch.Tensor | None) -> torch.Tensor:
