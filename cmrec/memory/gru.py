@@ -43,6 +43,11 @@ class GroupedGRUCell(nn.Module):
         """x: (..., Z, input_size), h: (..., Z, hidden_size) -> new h (..., Z, hidden_size)."""
         gates_x = torch.einsum("...zi,zgi->...zg", x, self.weight_ih) + self.bias_ih  # (..., Z, 3H)
         gates_h = torch.einsum("...zh,zgh->...zg", h, self.weight_hh) + self.bias_hh  # (..., Z, 3H)
+        return self.combine(gates_x, gates_h, h)
+
+    @staticmethod
+    def combine(gates_x: torch.Tensor, gates_h: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The new h from the gates' (..., Z, 3H) input and hidden parts (biases added) and h."""
         x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
         h_r, h_z, h_n = gates_h.chunk(3, dim=-1)
         reset = torch.sigmoid(x_r + h_r)

@@ -241,21 +241,22 @@ class ContinualMemoryMachine(nn.Module):
         """(B, K, d_m) slots before (B, T, N, d_x) features -> (B, T, K, d_m) the slots after each
         segment; a segment without a real item leaves them as they were, and costs nothing: each
         step updates only the memories whose segment is live."""
-        projected = self.update.project_items(features)  # (B, T, N, d_model)
+        fused = self.update.fuse(features)  # the weights and item-side products of every step
         live_rows = live.sum(dim=0).tolist()  # (T,) memories with a live segment at each step
         states = []
         # unbind once: indexing [:, t] in the loop would give each step's backward a whole-size gradient.
-        steps = zip(features.unbind(1), projected.unbind(1), mask.unbind(1), live.unbind(1), strict=True)
-        for (features_t, projected_t, mask_t, live_t), count in zip(steps, live_rows, strict=True):
+        steps = zip(fused.items.unbind(1), fused.gates.unbind(1), mask.unbind(1), live.unbind(1), strict=True)
+        for (items_t, gates_t, mask_t, live_t), count in zip(steps, live_rows, strict=True):
             if count == len(slots):
-                slots = self.update(slots, features_t, projected_t, mask_t)
+                slots = self.update.step(slots, items_t, gates_t, mask_t, fused)
             elif count:
                 index = live_t.nonzero().squeeze(1)
-                written = self.update(
+                written = self.update.step(
                     slots.index_select(0, index),
-                    features_t.index_select(0, index),
-                    projected_t.index_select(0, index),
+                    items_t.index_select(0, index),
+                    gates_t.index_select(0, index),
                     mask_t.index_select(0, index),
+                    fused,
                 )
                 slots = slots.index_copy(0, index, written)
             states.append(slots)

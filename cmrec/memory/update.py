@@ -7,6 +7,7 @@ d_model attention width, h = d_model / Z.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +41,10 @@ class MemoryUpdate(nn.Module):
         update = MemoryUpdate(memory_dim=64, item_dim=64, model_dim=64, subspaces=4)
         projected = update.project_items(features)          # hoisted out of the segment loop
         memory = update(memory, features, projected, mask)  # (B, K, 64)
+
+        # The same writes, fused for a loop over segments (what `ContinualMemoryMachine` runs):
+        fused = update.fuse(features)                       # once for all segments
+        memory = update.step(memory, fused.items[:, t], fused.gates[:, t], mask[:, t], fused)
     """
 
     def __init__(
@@ -90,10 +95,68 @@ class MemoryUpdate(nn.Module):
         """W2a f + b_a for any (..., N, d_x) features; computed once for all segments."""
         return self.item_attention(features)
 
+    def fuse(self, features: torch.Tensor) -> FusedUpdate:
+        """The weights and item-side products of `step`, computed once for all segments.
+
+        eqs. 1-3 as fewer, larger products: the slot side (W1a, W^M and the Z GRUs' hidden
+        weights after W^M) is one (d_m -> 2 d_model + 3 d_model) matmul per segment, and the item
+        side (W^L, then the Z GRUs' input weights) is applied to every item before the loop, since
+        ``W (sum_n a_n f_n) = sum_n a_n (W f_n)`` for the attention weights a: one bmm per segment
+        gives the GRUs' input gates. The Z GRUs' weights become block-diagonal matrices, so no
+        per-subspace product is left.
+
+        Args:
+            features: (B, T, N, d_x) all segments' features.
+        """
+        gru = self.gru
+        hidden_ih = _block_diagonal(gru.weight_ih) @ self.aligned_heads.weight  # (Z 3h, d_x)
+        hidden_hh = _block_diagonal(gru.weight_hh) @ self.slot_heads.weight  # (Z 3h, d_m)
+        slot_weight = torch.cat([self.slot_attention.weight, self.slot_heads.weight, hidden_hh])
+        return FusedUpdate(
+            items=self.item_attention(features),  # (B, T, N, d_model) W2a f + b_a
+            gates=features @ hidden_ih.T,  # (B, T, N, Z 3h) the input gates before the bias
+            slot_weight=slot_weight,  # (2 d_model + Z 3h, d_m)
+        )
+
+    def step(
+        self,
+        memory: torch.Tensor,
+        items: torch.Tensor,
+        gates: torch.Tensor,
+        mask: torch.Tensor,
+        fused: FusedUpdate,
+    ) -> torch.Tensor:
+        """`forward` on one segment's rows of `fuse`'s products (equal to rounding).
+
+        Args:
+            memory: (B, K, d_m) current slots.
+            items: (B, N, d_model) ``fused.items`` of this segment.
+            gates: (B, N, Z 3h) ``fused.gates`` of this segment.
+            mask: (B, N) real items (rows without one must be discarded by the caller).
+            fused: `fuse`'s result.
+        """
+        batch, slots, _ = memory.shape
+        model_dim, groups = self.slot_heads.out_features, self.subspaces
+        hidden, slot_parts, gates_h = (memory @ fused.slot_weight.T).split(
+            [model_dim, model_dim, 3 * model_dim], dim=-1
+        )
+        scores = self.attention_score(
+            torch.tanh(hidden[:, :, None, :] + items[:, None, :, :])
+        )  # (B, K, N, 1)
+        scores = scores.squeeze(-1).masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1)  # (B, K, N)
+        gates_x = torch.bmm(weights, gates).view(batch, slots, groups, -1) + self.gru.bias_ih  # (B, K, Z, 3h)
+        gates_h = gates_h.view(batch, slots, groups, -1) + self.gru.bias_hh  # (B, K, Z, 3h)
+        updated = self.gru.combine(gates_x, gates_h, slot_parts.view(batch, slots, groups, -1))
+        written = self.aggregate(updated.reshape(batch, slots, -1))  # (B, K, d_m)
+        if not self.partial_write:
+            return written
+        return memory + self.write_rate[:, None] * (written - memory)
+
     def forward(
         self, memory: torch.Tensor, features: torch.Tensor, projected: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Write one segment.
+        """Write one segment (the reference form of `step`).
 
         Args:
             memory: (B, K, d_m) current slots M_t.
@@ -120,3 +183,16 @@ class MemoryUpdate(nn.Module):
         if not self.partial_write:
             return written
         return memory + self.write_rate[:, None] * (written - memory)
+
+
+class FusedUpdate(NamedTuple):
+    """`MemoryUpdate.fuse`'s weights and item-side products, shared by every segment's `step`."""
+
+    items: torch.Tensor  # (B, T, N, d_model) W2a f + b_a
+    gates: torch.Tensor  # (B, T, N, Z 3h) the GRUs' input gates of each item, before the bias
+    slot_weight: torch.Tensor  # (2 d_model + Z 3h, d_m) [W1a; W^M; the GRUs' hidden weights W^M]
+
+
+def _block_diagonal(weights: torch.Tensor) -> torch.Tensor:
+    """(Z, o, i) per-group weights -> (Z o, Z i) their block-diagonal matrix."""
+    return torch.block_diag(*weights.unbind(0))

@@ -94,3 +94,23 @@ def test_slow_slots_keep_part_of_themselves_and_chunking_changes_nothing() -> No
     halves = machine(machine(start, x[:, :2], segment_mask[:, :2]), x[:, 2:], segment_mask[:, 2:])
     assert_close(whole, halves)
     assert_close(whole[1], machine(start, x[:, :3], segment_mask[:, :3])[1])
+
+
+def test_fused_step_equals_the_reference_write_with_its_gradients() -> None:
+    """`MemoryUpdate.step` (block-diagonal GRUs, item side hoisted) writes what `forward` writes."""
+    torch.manual_seed(0)
+    for rate in (1.0, 0.3):
+        update = MemoryUpdate(16, 8, 16, 4, retention_init=2.0, slots=5, slowest_write_rate=rate).double()
+        features = torch.randn(3, 2, 6, 8, dtype=torch.double, requires_grad=True)
+        memory = torch.randn(3, 5, 16, dtype=torch.double, requires_grad=True)
+        mask = torch.rand(3, 2, 6) > 0.4
+        mask[:, :, 0] = True
+        fused = update.fuse(features)
+        got = update.step(memory, fused.items[:, 1], fused.gates[:, 1], mask[:, 1], fused)
+        want = update(memory, features[:, 1], update.project_items(features[:, 1]), mask[:, 1])
+        assert_close(got, want, rtol=0, atol=1e-12)
+        weights = torch.randn_like(want)
+        grads_got = torch.autograd.grad((got * weights).sum(), [memory, features, update.gru.weight_ih])
+        grads_want = torch.autograd.grad((want * weights).sum(), [memory, features, update.gru.weight_ih])
+        for g, w in zip(grads_got, grads_want, strict=True):
+            assert_close(g, w, rtol=0, atol=1e-12)
