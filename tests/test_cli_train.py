@@ -48,7 +48,8 @@ def test_train_writes_a_run_folder_evaluate_and_compare_read_it(
     assert set(metrics["epochs"][0]["train"]) == {"reason", "mean", "total"}  # `cm` has no recall losses
     # K slots, the recurrent row, the history-mean and profile rows, the 256-entry category sketch
     # and the item sketch's 2 x 1,024 entries.
-    assert metrics["memory_bytes_per_user"] == (3 + 1 + 2 + 2 + (256 + 2 * 1024) // 8) * 8 * 4
+    # Then the pending clicks' mean and profile sums and the recurrent row after them (3 + 1 rows).
+    assert metrics["memory_bytes_per_user"] == (3 + 1 + 2 + 2 + (256 + 2 * 1024) // 8 + 3 + 1) * 8 * 4
     for plot in ("losses.png", "roc.png", "forgetting.png"):
         assert (run / plot).stat().st_size > 1000
     payload = torch.load(run / "checkpoint.pt", weights_only=True)

@@ -21,7 +21,7 @@ from cmrec.errors import ConfigError
 from cmrec.heads.reason import ReasonHead
 from cmrec.heads.recent import RecentReader
 from cmrec.memory.encoder import SegmentEncoder
-from cmrec.memory.machine import ContinualMemoryMachine, Trajectory
+from cmrec.memory.machine import ContinualMemoryMachine, Pending, Trajectory
 from cmrec.memory.sketch import pack_keys
 from cmrec.memory.update import MemoryUpdate
 from cmrec.models.config import CMConfig
@@ -78,7 +78,8 @@ class ContinualMemoryModel(RecModel):
             else None
         )
         self.needs = ModelNeeds(
-            dense_targets=config.dense_targets, memory_shape=(config.memory_rows, config.memory_dim)
+            dense_targets=config.dense_targets,
+            memory_shape=(config.memory_rows + self.pending_rows, config.memory_dim),
         )
         self.recall = _history_recall(config) if config.uses_recall else None
         self.loss_weights = {"reason": config.lambda_reason}
@@ -104,6 +105,95 @@ class ContinualMemoryModel(RecModel):
         """(B, rows, d_m) memory of users without history (`CMConfig.memory_rows`)."""
         return self.machine.initial_memory(batch_size)
 
+    @property
+    def pending_rows(self) -> int:
+        """E rows a stored state keeps after the R memory rows (`CMConfig.recent_clicks` only):
+        the pending clicks in the running form the head reads, so that scoring runs nothing over
+        them. With ``history_mean``, the sum of their mean and profile values (1 + P rows); with
+        ``recurrent_state``, the recurrent row after them (1 row). `hold` adds clicks to them,
+        `write` resets them; their size does not grow with the clicks held."""
+        if not self.reads_recent:
+            return 0
+        config = self.config
+        return (1 + config.profile_rows if config.history_mean else 0) + (1 if config.recurrent_state else 0)
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        """(B, R + E, d_m) the stored state of users without history: the initial memory and no
+        pending click (`pending_rows`; the memory alone when E = 0)."""
+        return self._reset_pending(self.initial_memory(batch_size))
+
+    def _reset_pending(self, memory: torch.Tensor) -> torch.Tensor:
+        """(B, R, d_m) memories -> (B, R + E, d_m) states holding no pending click."""
+        if not self.pending_rows:
+            return memory
+        rows = [memory]
+        if self.config.history_mean:
+            rows.append(memory.new_zeros(len(memory), 1 + self.config.profile_rows, memory.shape[-1]))
+        if self.config.recurrent_state:
+            slots = self.config.slots
+            rows.append(memory[:, slots : slots + 1])  # the recurrent row after no click: the memory's
+        return torch.cat(rows, dim=1)
+
+    def _split_state(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, R, d_m) memories or (B, R + E, d_m) states -> the memories and the (B, E, d_m)
+        pending rows (None for memories)."""
+        rows = self.config.memory_rows
+        if state.shape[1] == rows:
+            return state, None
+        if not self.pending_rows or state.shape[1] != rows + self.pending_rows:
+            raise ConfigError(
+                f"expected (B, {rows}, d_m) memories or (B, {rows + self.pending_rows}, d_m) stored states, "
+                f"got {tuple(state.shape)}"
+            )
+        return state[:, :rows], state[:, rows:]
+
+    @torch.no_grad()
+    def hold(
+        self,
+        state: torch.Tensor,
+        items: torch.Tensor,
+        mask: torch.Tensor,
+        categories: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Add clicks to the pending ones of (B, R + E, d_m) stored states (`pending_rows`): the
+        sums grow by the clicks' values and the recurrent row steps over them; the memory rows
+        are unchanged. Holding clicks in several calls equals holding them in one.
+
+        Args:
+            state: (B, R + E, d_m) states.
+            items: (B, W) item ids of the new pending clicks, oldest first (the held ones before them).
+            mask: (B, W) True at real clicks (first in each row).
+            categories: (B, W) category ids (None: each item's own).
+        """
+        memory, held = self._split_state(state)
+        if held is None:
+            raise ConfigError("hold needs stored states with the pending rows (`initial_state`)")
+        config = self.config
+        x = self.embeddings.lookup(items, categories)  # (B, W, d_x)
+        base = memory
+        if config.recurrent_state:  # continue the recurrent row from the clicks already held
+            base = torch.cat([memory[:, : config.slots], held[:, -1:], memory[:, config.slots + 1 :]], dim=1)
+        added = self.machine.pending(base, x, mask.bool())
+        rows = []
+        if added.sums is not None:
+            rows.append(held[:, : 1 + config.profile_rows] + added.sums.to(held.dtype))
+        if added.recurrent is not None:
+            rows.append(added.recurrent.to(held.dtype)[:, None])
+        return torch.cat([memory, *rows], dim=1)
+
+    def _held_pending(
+        self, memory: torch.Tensor, held: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None
+    ) -> Pending:
+        """`Pending` read from the stored pending rows, nothing run over the clicks; (U, W) `mask`
+        says which are pending (none: the memory alone is read, as ``pending="ignore"`` asks)."""
+        config = self.config
+        clicks = mask.sum(dim=1)
+        sums = held[:, : 1 + config.profile_rows] if config.history_mean else None
+        recurrent = None
+        if config.recurrent_state:
+            recurrent = torch.where((clicks > 0)[:, None], held[:, -1], memory[:, config.slots])
+        return Pending(clicks, mask, sums, keys, recurrent)
+
     def write(
         self,
         memory: torch.Tensor,
@@ -120,7 +210,10 @@ class ContinualMemoryModel(RecModel):
             segment_categories: category ids of the same shape; each item's own category when None.
 
         Returns:
-            (B, R, d_m) memory after the segments.
+            (B, R, d_m) memory after the segments. Given (B, R + E, d_m) stored states
+            (`initial_state`), the states after them: the memory rows written and, for the rows
+            with a click written, no pending click held (the caller holds what follows the last
+            whole segment, `hold`).
         """
         if segment_items.dim() == 2:
             segment_items, mask = segment_items[:, None], mask[:, None]
@@ -130,8 +223,13 @@ class ContinualMemoryModel(RecModel):
                 f"write expects (B, T, {self.config.segment_len}) items and an equal mask, "
                 f"got {tuple(segment_items.shape)} and {tuple(mask.shape)}"
             )
+        memory, held = self._split_state(memory)
         x = self.embeddings.lookup(segment_items, segment_categories)  # (B, T, N, d_x)
-        return self.machine(memory, x, mask.bool(), self.count_keys(segment_items, segment_categories))
+        written = self.machine(memory, x, mask.bool(), self.count_keys(segment_items, segment_categories))
+        if held is None:
+            return written
+        touched = mask.flatten(1).any(dim=1)[:, None, None]  # (B, 1, 1) rows with a click written
+        return torch.where(touched, self._reset_pending(written), torch.cat([written, held], dim=1))
 
     def count_keys(self, items: torch.Tensor, categories: torch.Tensor | None = None) -> torch.Tensor | None:
         """The count-sketch key of each item (`cmrec.memory.sketch.pack_keys`: the item id and the
@@ -171,18 +269,28 @@ class ContinualMemoryModel(RecModel):
             empty = torch.zeros(len(memory), 0, dtype=torch.long, device=items.device)
             recent = (empty, empty.bool(), None)
         recent_items, recent_mask, recent_categories = recent
-        clicks = self.embeddings.lookup(recent_items, recent_categories)  # (U, W, d_x)
         mask = recent_mask.bool()
+        recent_keys = self.count_keys(recent_items, recent_categories)
+        memory, held = self._split_state(memory)
+        clicks = None
+        if held is None or self.recent is not None:
+            clicks = self.embeddings.lookup(recent_items, recent_categories)  # (U, W, d_x)
         # The head counts the clicks into the running means as the partial segment they are and
-        # reads the recurrent row after them (run once per user); the slots are those of whole
-        # segments.
-        pending = self.machine.pending(memory, clicks, mask, self.count_keys(recent_items, recent_categories))
+        # reads the recurrent row after them; the slots are those of whole segments. A stored
+        # state holds that running form (`pending_rows`); from a memory alone it is computed here
+        # (once per user).
+        if held is not None:
+            pending = self._held_pending(memory, held, mask, recent_keys)
+        else:
+            assert clicks is not None
+            pending = self.machine.pending(memory, clicks, mask, recent_keys)
         slot_logits, mean_logits = self.reason.logit_parts(
             memory, candidates, rows, keys, pending if rows is None else pending.select(rows)
         )
         logits = slot_logits if mean_logits is None else slot_logits + mean_logits
         if self.recent is None:
             return logits
+        assert clicks is not None  # looked up above when a recent reader reads them
         if rows is not None:
             clicks, mask = clicks[rows], mask[rows]
         return logits + self.recent(clicks, mask, candidates)

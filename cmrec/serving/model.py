@@ -123,6 +123,37 @@ class ServedModel:
             memory = self.model.write(memory, ids[:, window], mask[:, window], window_cats)
         return memory
 
+    def initial_state(self) -> torch.Tensor:
+        """(rows, d_m) the stored state of a user without history (`state_shape`)."""
+        initial = getattr(self.model, "initial_state", self.model.initial_memory)
+        with torch.no_grad():
+            state: torch.Tensor = initial(1)[0].detach().clone()
+        return state
+
+    @property
+    def holds_pending(self) -> bool:
+        """Whether the stored state keeps the pending clicks' running form beside the memory
+        (CM with ``recent_clicks``: `ContinualMemoryModel.hold`), which refresh must then update."""
+        return bool(getattr(self.model, "pending_rows", 0))
+
+    @torch.no_grad()
+    def hold_clicks(
+        self, states: torch.Tensor, items: Sequence[np.ndarray], categories: Sequence[np.ndarray] | None
+    ) -> torch.Tensor:
+        """(B, rows, d_m) stored states after B users' new pending clicks (each < `write_len`,
+        oldest first; `ContinualMemoryModel.hold`)."""
+        width = max((len(user_items) for user_items in items), default=0)
+        ids = torch.zeros(len(items), width, dtype=torch.long)
+        mask = torch.zeros(len(items), width, dtype=torch.bool)
+        cats = None if categories is None else torch.zeros(len(items), width, dtype=torch.long)
+        for row, user_items in enumerate(items):
+            ids[row, : len(user_items)] = torch.from_numpy(user_items.astype(np.int64))
+            mask[row, : len(user_items)] = True
+            if cats is not None and categories is not None:
+                cats[row, : len(user_items)] = torch.from_numpy(categories[row].astype(np.int64))
+        held: torch.Tensor = self.model.hold(states, ids, mask, cats)  # type: ignore[attr-defined]
+        return held
+
     def store_info(self, dtype: MemoryDtype = "float32", partitions: int = 1) -> StoreInfo:
         shape = self.state_shape
         return StoreInfo(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -85,8 +85,7 @@ class Refresher:
         self.batch_users = batch_users
         self.max_segments = max_segments_per_call
         self.segment_len = self.model.write_len
-        with torch.no_grad():
-            self.initial = self.model.initial_memory(1)[0].detach().clone()  # (K, d_m)
+        self.initial = served.initial_state()  # (rows, d_m)
 
     def check(self, events: UserEvents) -> None:
         """Read every stored user the input touches: a damaged row fails here, before any write."""
@@ -150,6 +149,8 @@ class Refresher:
                     count.applied += plan.applied
                     count.new_users += plan.state is None
             memories = self._write([p for p in plans if p.segments is not None])
+            if self.served.holds_pending:
+                memories.update(self._hold([p for p in plans if len(p.hold_items)], memories))
             new_states = []
             for plan in plans:
                 memory = memories.get(plan.user_id, plan.memory)
@@ -193,6 +194,11 @@ class Refresher:
         whole = len(items) // self.segment_len * self.segment_len
         plan.pending_items = items[whole:].copy()
         plan.pending_categories = None if categories is None else categories[whole:].copy()
+        # The clicks the stored pending rows must take in (`ServedModel.holds_pending`): after a
+        # write, all the pending ones (a write resets the rows); else the new ones only.
+        held = len(items) - applied if not whole else whole
+        plan.hold_items = items[held:]
+        plan.hold_categories = None if categories is None else categories[held:]
         if whole:
             plan.segments = items[:whole]
             plan.segment_categories = None if categories is None else categories[:whole]
@@ -209,6 +215,17 @@ class Refresher:
             memory, items, categories if self.served.has_categories else None, self.max_segments
         )
         return {plan.user_id: written[row].clone() for row, plan in enumerate(plans)}
+
+    def _hold(self, plans: Sequence[_Plan], memories: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Add every plan's new pending clicks to its state's pending rows, batched; the new states."""
+        if not plans:
+            return {}
+        states = torch.stack([memories.get(p.user_id, p.memory) for p in plans])  # type: ignore[misc]
+        categories = [p.hold_categories for p in plans if p.hold_categories is not None]
+        held = self.served.hold_clicks(
+            states, [p.hold_items for p in plans], categories if self.served.has_categories else None
+        )
+        return {plan.user_id: held[row].clone() for row, plan in enumerate(plans)}
 
 
 def _already_applied(group: list[str], seen: tuple[str, ...]) -> int:
@@ -243,6 +260,8 @@ class _Plan:
     segment_categories: np.ndarray | None = None
     pending_items: np.ndarray | None = None
     pending_categories: np.ndarray | None = None
+    hold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # new pending clicks
+    hold_categories: np.ndarray | None = None
     watermark_time: float | int | None = None
     watermark_items: tuple[str, ...] = ()
     events: int = 0

@@ -74,7 +74,7 @@ class Scorer:
     def _memories(
         self, user_ids: Sequence[str], states: dict[str, UserState]
     ) -> tuple[torch.Tensor, np.ndarray]:
-        initial = self.model.initial_memory(1)[0]
+        initial = self.served.initial_state()
         memory = torch.stack([states[u].memory if u in states else initial for u in user_ids])
         known = np.array([u in states for u in user_ids], dtype=bool)
         if self.pending == "write" and not self.reads_recent:

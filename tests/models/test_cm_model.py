@@ -530,3 +530,43 @@ def test_scoring_many_candidates_per_user_counts_the_pending_clicks_once_with_th
         per_user = model.score(memory, items, recent=(pending, mask, None), rows=rows)
         per_candidate = model.score(memory[rows], items, recent=(pending[rows], mask[rows], None))
         torch.testing.assert_close(per_user, per_candidate)
+
+
+def test_stored_pending_rows_held_in_any_chunks_score_as_the_clicks_do(spec: DataSpec) -> None:
+    """A stored state keeps its pending clicks' running form (constant size): held in any chunks it
+    equals holding them at once, and scores what the memory and the clicks score; a write resets it."""
+    model = _recurrent_model(spec, recent_clicks=True, profile_rows=2)
+    rows, extra = model.config.memory_rows, model.pending_rows
+    assert extra == 1 + 2 + 1 and model.needs.memory_shape == (rows + extra, model.config.memory_dim)
+    segments = torch.randint(2, 30, (3, 2, 4))
+    state = model.write(model.initial_state(3), segments, torch.ones(3, 2, 4, dtype=torch.bool))
+    memory = model.write(model.initial_memory(3), segments, torch.ones(3, 2, 4, dtype=torch.bool))
+    torch.testing.assert_close(state, model._reset_pending(memory))
+    pending = torch.randint(2, 30, (3, 3))
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    at_once = model.hold(state, pending, mask)
+    first, rest = mask.clone(), mask.clone()
+    first[:, 1:], rest[:, :1] = False, False  # the first click, then the others (shifted to the front)
+    in_two = model.hold(model.hold(state, pending, first), pending[:, 1:], rest[:, 1:])
+    torch.testing.assert_close(in_two, at_once, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(at_once[:, :rows], memory)  # the memory rows are untouched
+    torch.testing.assert_close(at_once[2], state[2])  # nothing held: the rows are as they were
+    items = torch.randint(2, 30, (5,))
+    users = torch.tensor([0, 0, 1, 2, 1])
+    recent = (pending, mask, None)
+    from_state = model.score(at_once, items, recent=recent, rows=users)
+    torch.testing.assert_close(
+        from_state, model.score(memory, items, recent=recent, rows=users), rtol=1e-5, atol=1e-6
+    )
+    # Without pending clicks (scoring from the memory alone) the held rows are not read.
+    torch.testing.assert_close(
+        model.score(at_once, items, rows=users), model.score(memory, items, rows=users)
+    )
+    # Writing a segment resets the held rows of the users it wrote to, and only theirs.
+    segment = torch.randint(2, 30, (3, 1, 4))
+    written_mask = torch.tensor([[True], [False], [True]]).expand(3, 4)[:, None]
+    after = model.write(at_once, segment, written_mask)
+    torch.testing.assert_close(after[1], at_once[1])
+    torch.testing.assert_close(after[0], model._reset_pending(model.write(memory, segment, written_mask))[0])
+    with pytest.raises(ConfigError, match="stored states"):
+        model.score(at_once[:, :-1], items, recent=recent, rows=users)

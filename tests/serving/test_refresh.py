@@ -18,6 +18,7 @@ from cmrec import cli
 from cmrec.data import validate_events
 from cmrec.serving import Refresher, ServedModel, UserEvents
 from cmrec.serving.refresh import _already_applied
+from cmrec.serving.scorer import Scorer
 from cmrec.store import MemoryStore, StoreError, partition_of
 from tests.serving.conftest import dump, make_run, open_scorer
 
@@ -34,7 +35,9 @@ def refresh_frames(run_dir: Path, store: Path, frames: list[pd.DataFrame], batch
 def training_memories(run_dir: Path, log: pd.DataFrame) -> tuple[list[str], torch.Tensor]:
     """The training forward's memories over each user's full history (max_len >= every history):
     after every click for a model that writes its pending clicks, after the last whole segment for
-    one that reads them (`cm`: `reads_recent`), as the store keeps them."""
+    one that reads them (`cm`: `reads_recent`), as the store keeps them: then with the pending
+    rows (`ContinualMemoryModel.pending_rows`) the training path reads for a target after the
+    last click (its prefix sums of the clicks' values and the recurrent GRU's output)."""
     served = ServedModel.load(run_dir)
     events = validate_events(log)
     users = events["user_id"].astype(str)
@@ -53,9 +56,20 @@ def training_memories(run_dir: Path, log: pd.DataFrame) -> tuple[list[str], torc
         if not model.reads_recent:
             memory, *_ = model.build_memory(history)
             return ids, memory
-        states, *_ = model.build_trajectory(history)
-    memories = torch.cat([model.initial_memory(len(ids))[:, None], states], dim=1)
-    return ids, memories[torch.arange(len(ids)), lengths // model.config.segment_len]
+        grid = model.history_grid(history)
+        users = torch.arange(len(ids))
+        pending = model.machine.target_pending(
+            grid.trajectory, grid.initial, grid.mask, grid.keys, users, lengths
+        )
+    memories = torch.cat([grid.initial[:, None], grid.trajectory.states], dim=1)
+    memory = memories[users, lengths // model.config.segment_len]
+    assert pending.sums is not None and pending.recurrent is not None
+    return ids, torch.cat([memory, pending.sums, pending.recurrent[:, None]], dim=1)
+
+
+def memory_rows(scorer: Scorer) -> int:
+    """R: the rows of the memory before a stored state's pending rows."""
+    return int(scorer.served.state_shape[0] - getattr(scorer.model, "pending_rows", 0))
 
 
 @pytest.mark.parametrize("reads_pending", [False, True], ids=["pending-written", "pending-read"])
@@ -75,7 +89,8 @@ def test_chunked_refresh_equals_whole_equals_training_path(
     recent = whole._recent(ids, states) if reads_pending else None
     assert recent is None or recent[1].any()  # some users have pending clicks the head reads
     candidates = torch.from_numpy(whole.served.vocabs.items.encode(items))
-    reference = torch.sigmoid(whole.model.score(expected, candidates, recent=recent))
+    # From the memory rows alone the model computes the pending clicks' running form itself.
+    reference = torch.sigmoid(whole.model.score(expected[:, : memory_rows(whole)], candidates, recent=recent))
     scores = whole.score(ids, items).probabilities
     np.testing.assert_allclose(scores, reference.detach().numpy(), rtol=1e-5, atol=1e-6)
 
@@ -156,9 +171,17 @@ def test_new_users_start_from_the_initial_memory_and_pending_is_kept(tmp_path: P
     served = ServedModel.load(run_dir)
     with MemoryStore(tmp_path / "s") as store:
         state = store.get_many(["new"])["new"]
-    # Three clicks: less than one segment (N = 4), so the memory is still the initial one.
-    torch.testing.assert_close(state.memory, served.model.initial_memory(1)[0])
+    # Three clicks: less than one segment (N = 4), so the memory is still the initial one ...
+    rows = served.model.config.memory_rows  # type: ignore[attr-defined]
+    torch.testing.assert_close(state.memory[:rows], served.model.initial_memory(1)[0])
     assert len(state.pending_items) == 3 and state.events == 3
+    # ... and the pending rows hold the three clicks, as holding them on a new user's state does.
+    assert served.vocabs.categories is not None
+    items = served.vocabs.items.encode(pd.Series([11, 12, 13]))
+    categories = served.vocabs.categories.encode(pd.Series([3, 3, 3]))
+    held = served.hold_clicks(served.initial_state()[None], [items], [categories])[0]
+    torch.testing.assert_close(state.memory, held)
+    assert not torch.equal(held[rows:], served.initial_state()[rows:])
 
 
 def test_workers_partition_users_and_match_one_process(tmp_path: Path, run_dir: Path, log_file: Path) -> None:
@@ -194,8 +217,9 @@ def test_float16_store_halves_memory_bytes_and_scores_closely(
     assert cli.main([*base, "--store", str(tmp_path / "fp16"), "--dtype", "float16"]) == 0
     with sqlite3.connect(tmp_path / "fp16" / "part-00000-of-00001.sqlite") as db:
         assert {len(row[0]) for row in db.execute("SELECT memory FROM users")} == {
-            (3 + 1 + 2 + 2 + (256 + 2 * 1024) // 8) * 8 * 2
-        }  # K slots, the recurrent row, the history-mean and profile rows, the category and item sketches
+            (3 + 1 + 2 + 2 + (256 + 2 * 1024) // 8 + 3 + 1) * 8 * 2
+        }  # K slots, the recurrent row, the history-mean and profile rows, the category and item
+    # sketches, then the pending rows: the pending clicks' mean and profile sums and recurrent row
     ids = sorted(log["user_id"].astype(str).unique())
     items = np.full(len(ids), log["item_id"].iloc[0])
     full = open_scorer(run_dir, tmp_path / "fp32").score(ids, items).probabilities
