@@ -50,7 +50,7 @@ from torch.nn import functional
 
 from cmrec.baselines.common import MLP
 from cmrec.errors import ConfigError
-from cmrec.memory.machine import MemoryParts, Pending, count_rows, split_memory
+from cmrec.memory.machine import MemoryParts, Pending, count_rows, gather_rows, split_memory
 from cmrec.memory.profile import Prototypes
 from cmrec.memory.sketch import ITEM_HASHES, key_buckets, sketch_entries
 
@@ -79,8 +79,8 @@ class _Hop(nn.Module):
         slots = self.slot(memory)  # (M, K, d_model)
         if rows is not None:
             memory, slots = (
-                memory.index_select(0, rows),
-                slots.index_select(0, rows),
+                gather_rows(memory, rows),
+                gather_rows(slots, rows),
             )  # (S, K, d_m), (S, K, d)
         weights = self.attention(slots, query)  # (S, K, 1)
         evidence = (weights * memory).sum(dim=1)  # (S, d_m) e_c
@@ -265,7 +265,7 @@ class ReasonHead(nn.Module):
         memory = parts_of.slots  # (M, K, d_m)
 
         def rowed(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor if rows is None else tensor.index_select(0, rows)
+            return tensor if rows is None else gather_rows(tensor, rows)
 
         segments = None if parts_of.segments is None else rowed(parts_of.segments)  # (S,)
         counted: torch.Tensor | None = None  # (S,) 1 where pending clicks make a new segment, else 0
@@ -357,7 +357,7 @@ class ReasonHead(nn.Module):
         if self.readout == "linear":
             return self.output(query).squeeze(-1)
         if rows is not None:
-            memory = memory.index_select(0, rows)  # (S, K, d_m)
+            memory = gather_rows(memory, rows)  # (S, K, d_m)
         scores = (memory @ self.match(first)[:, :, None]).squeeze(-1) * memory.shape[-1] ** -0.5  # (S, K)
         strength = torch.stack([scores.amax(dim=1), torch.logsumexp(scores, dim=1)], dim=-1)  # (S, 2)
         features = torch.cat([first, query, first * query, first - query, strength], dim=-1)

@@ -428,15 +428,23 @@ class Pending(NamedTuple):
         """The rows `rows` (S,) of each field."""
 
         def pick(field: torch.Tensor | None) -> torch.Tensor | None:
-            return None if field is None else field.index_select(0, rows)
+            return None if field is None else gather_rows(field, rows)
 
         return Pending(
-            self.clicks.index_select(0, rows),
-            self.held.index_select(0, rows),
+            gather_rows(self.clicks, rows),
+            gather_rows(self.held, rows),
             pick(self.sums),
             pick(self.keys),
             pick(self.recurrent),
         )
+
+
+def gather_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``tensor[rows]`` along dim 0, as index_select (a deterministic backward); a view when the
+    tensor has one row (a request's single user: nothing copied per candidate)."""
+    if len(tensor) == 1:
+        return tensor.expand(len(rows), *tensor.shape[1:])
+    return tensor.index_select(0, rows)
 
 
 MEAN_ROWS = 2  # the history mean and its segment count (`ContinualMemoryMachine`, history_mean)

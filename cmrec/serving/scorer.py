@@ -65,6 +65,7 @@ class Scorer:
         self.model = served.model  # in eval mode (`ServedModel.load`)
         self.store = store
         self.pending = pending
+        self.initial = served.initial_state()  # (rows, d_m) the state of a user the store does not know
 
     @torch.no_grad()
     def memories(self, user_ids: Sequence[str]) -> tuple[torch.Tensor, np.ndarray]:
@@ -74,8 +75,7 @@ class Scorer:
     def _memories(
         self, user_ids: Sequence[str], states: dict[str, UserState]
     ) -> tuple[torch.Tensor, np.ndarray]:
-        initial = self.served.initial_state()
-        memory = torch.stack([states[u].memory if u in states else initial for u in user_ids])
+        memory = torch.stack([states[u].memory if u in states else self.initial for u in user_ids])
         known = np.array([u in states for u in user_ids], dtype=bool)
         if self.pending == "write" and not self.reads_recent:
             memory = self._write_pending(memory, [states.get(u) for u in user_ids])
