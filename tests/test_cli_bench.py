@@ -11,9 +11,10 @@ from cmrec import cli
 def test_bench_writes_step_time_parts_and_flops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench" / "cm.json"
     argv = ["bench", "--model", "cm-recall", "dien", "--length", "40", "--batch-size", "8", "--steps", "1"]
-    assert cli.main([*argv, "--out", str(out)]) == 0
+    assert cli.main([*argv, "--precision", "float32", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["length"] == 40 and result["batch_size"] == 8 and result["matmul_gflops_per_second"] > 0
+    assert result["precisions"] == ["float32"] and "scaling" not in result
     cm, dien = result["runs"]
     assert (cm["model"], dien["model"]) == ("cm-recall", "dien")  # cm with the recall model: every part
     for run in (cm, dien):
@@ -22,8 +23,33 @@ def test_bench_writes_step_time_parts_and_flops(tmp_path: Path, capsys: pytest.C
     assert sum(part["share"] for part in cm["parts"].values()) == pytest.approx(1.0, abs=0.01)
     assert cm["parts"]["encoder"]["flops_per_sample"] > cm["parts"]["reason_head"]["flops_per_sample"] > 0
     assert "parts" not in dien
+    for run in (cm, dien):  # the achieved rate as a share of the in-run matmul's
+        share = run["train_gflops_per_second"] / result["matmul_gflops_per_second"]
+        assert run["matmul_share"] == pytest.approx(share, abs=1e-4)
+    assert result["speedup"]["cm-recall_over_dien_samples_float32"] == pytest.approx(
+        cm["samples_per_second"] / dien["samples_per_second"], abs=1e-3
+    )
     assert capsys.readouterr().out.count("s/step") == 2
     assert result["cm_config"] == {}  # the presets as registered
+
+
+def test_bench_scaling_table_and_bfloat16_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "scaling.json"
+    argv = ["bench", "--model", "cm", "--length", "40", "80", "--batch-size", "8", "--steps", "1"]
+    assert cli.main([*argv, "--precision", "bfloat16", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["precisions"] == ["bfloat16"] and result["runs"] == []  # no float32 run asked
+    (run,) = result["runs_by_precision"]["bfloat16"]
+    assert run["precision"] == "bfloat16" and "parts" not in run  # parts are measured in float32
+    rate = result["matmul_gflops_per_second_by_precision"]["bfloat16"]
+    assert run["matmul_share"] == pytest.approx(run["train_gflops_per_second"] / rate, abs=1e-4)
+    rows = {row["length"]: row for row in result["scaling"]}
+    assert set(rows) == {40, 80} and rows[40]["step_over_L40"] == 1.0
+    assert rows[80]["step_over_L40"] == pytest.approx(
+        rows[80]["step_seconds"] / rows[40]["step_seconds"], abs=1e-3
+    )
+    printed = capsys.readouterr().out
+    assert "precisions run: bfloat16" in printed and "scaling (step seconds" in printed
 
 
 def test_bench_config_changes_the_cm_models_only(tmp_path: Path) -> None:
