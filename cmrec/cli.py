@@ -11,7 +11,11 @@ import argparse
 import importlib
 import sys
 
-from cmrec.pipelines._common import EXIT_USER_ERROR, OneLineParser, add_command, run_guarded
+from cmrec.allocator import keep_freed_memory
+
+keep_freed_memory()  # before torch is imported: the jobs' large activations reuse the heap
+
+from cmrec.pipelines._common import EXIT_USER_ERROR, OneLineParser, add_command, run_guarded  # noqa: E402
 
 # Subcommand -> pipeline module.
 COMMANDS: dict[str, str] = {

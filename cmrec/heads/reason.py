@@ -72,25 +72,41 @@ class _Hop(nn.Module):
         self.next_query = nn.Linear(memory_dim + model_dim, model_dim, bias=False)  # W_q
 
     def forward(
-        self, memory: torch.Tensor, query: torch.Tensor, rows: torch.Tensor | None = None
+        self,
+        memory: torch.Tensor,
+        query: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        picked: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """memory: (M, K, d_m); query: (S, d_model); rows: (S,) memory row of each query (None: M = S)."""
+        """memory: (M, K, d_m); query: (S, d_model); rows: (S,) memory row of each query (None: M = S);
+        picked: ``memory[rows]`` (S, K, d_m) when the caller has it already."""
         # Project each memory once, then gather: many queries (dense targets) share one memory.
         slots = self.slot(memory)  # (M, K, d_model)
+        fresh = rows is not None and len(slots) > 1  # index_select copies: the copy can be overwritten
         if rows is not None:
-            memory, slots = (
-                gather_rows(memory, rows),
-                gather_rows(slots, rows),
-            )  # (S, K, d_m), (S, K, d)
-        weights = self.attention(slots, query)  # (S, K, 1)
-        evidence = (weights * memory).sum(dim=1)  # (S, d_m) e_c
+            slots = gather_rows(slots, rows)  # (S, K, d_model)
+            picked = gather_rows(memory, rows) if picked is None else picked  # (S, K, d_m)
+        else:
+            picked = memory
+        weights = self._weights(slots, query, in_place=fresh)  # (S, K, 1)
+        evidence = torch.bmm(weights.transpose(1, 2), picked).squeeze(1)  # (S, d_m) e_c
         return self.next_query(torch.cat([evidence, query], dim=-1))  # (S, d_model) q_c
 
     def attention(self, projected_slots: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """(S, K, d_model) projected slots (W2 m_k + b) and (S, d_model) queries -> (S, K, 1)
         softmax weights over the slots."""
-        scores = self.score(torch.tanh(self.query(query)[:, None, :] + projected_slots))  # (S, K, 1)
-        return torch.softmax(scores, dim=1)
+        return self._weights(projected_slots, query, in_place=False)
+
+    def _weights(self, projected_slots: torch.Tensor, query: torch.Tensor, in_place: bool) -> torch.Tensor:
+        """`attention`; with `in_place`, the (S, K, d_model) hidden layer is computed in the buffer of
+        `projected_slots` (a copy only this hop holds): one S x K x d_model tensor instead of three,
+        which is most of the head's memory traffic with many dense targets."""
+        query = self.query(query)[:, None, :]
+        if in_place:
+            hidden = projected_slots.add_(query).tanh_()
+        else:
+            hidden = torch.tanh(projected_slots + query)
+        return torch.softmax(self.score(hidden), dim=1)  # (S, K, 1)
 
 
 class ReasonHead(nn.Module):
@@ -352,13 +368,14 @@ class ReasonHead(nn.Module):
     ) -> torch.Tensor:
         """(M, K, d_m) slots -> (S,) the slots' logit."""
         first = query = self.query_in(candidates)  # (S, d_model) q_0
+        picked = memory if rows is None else gather_rows(memory, rows)  # (S, K, d_m), gathered once
         for hop in self.hops:
-            query = hop(memory, query, rows)
+            query = hop(memory, query, rows, picked)
         if self.readout == "linear":
             return self.output(query).squeeze(-1)
-        if rows is not None:
-            memory = gather_rows(memory, rows)  # (S, K, d_m)
-        scores = (memory @ self.match(first)[:, :, None]).squeeze(-1) * memory.shape[-1] ** -0.5  # (S, K)
+        scores = (
+            torch.bmm(picked, self.match(first)[:, :, None]).squeeze(-1) * picked.shape[-1] ** -0.5
+        )  # (S, K)
         strength = torch.stack([scores.amax(dim=1), torch.logsumexp(scores, dim=1)], dim=-1)  # (S, 2)
         features = torch.cat([first, query, first * query, first - query, strength], dim=-1)
         slot_logits = self.output(features).squeeze(-1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+CHUNK_SEGMENTS = 512  # segments per encoder call
+
 
 class SegmentEncoder(nn.Module):
     """Bidirectional self-attention inside each segment; all B*T segments in one call.
@@ -46,6 +48,14 @@ class SegmentEncoder(nn.Module):
         live = flat_mask.any(dim=1).nonzero().squeeze(1)  # segments with at least one item
         if live.numel() == 0:  # no real item at all (attention over nothing is undefined)
             return torch.zeros_like(x)
-        encoded = self.encoder(flat_x[live] + self.position, src_key_padding_mask=~flat_mask[live])
+        # In chunks of segments: one call over every segment of long histories runs out of the
+        # caches (measured at L = 5,000: 2.24 s forward + backward in one call, 1.62 s in chunks of
+        # 512; no difference at L = 1,000). Each segment is encoded alone either way.
+        encoded = torch.cat(
+            [
+                self.encoder(flat_x[chunk] + self.position, src_key_padding_mask=~flat_mask[chunk])
+                for chunk in live.split(CHUNK_SEGMENTS)
+            ]
+        )
         out = flat_x.new_zeros(flat_x.shape).index_copy(0, live, encoded)
         return out.view(batch, segments, length, dim)

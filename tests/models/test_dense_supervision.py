@@ -143,7 +143,17 @@ def test_head_rows_equal_gathered_memories(readout: str) -> None:
     head = ReasonHead(item_dim=6, memory_dim=5, model_dim=8, hops=2, readout=readout)  # type: ignore[arg-type]
     memory, candidates = torch.randn(4, 3, 5), torch.randn(9, 6)
     rows = torch.tensor([0, 3, 3, 1, 2, 0, 0, 3, 1])
-    assert_close(head(memory, candidates, rows), head(memory[rows], candidates))
+    memory.requires_grad_()
+    gathered = head(memory, candidates, rows)  # the hidden layer computed in place in its gathered copy
+    reference = head(memory[rows], candidates)
+    assert_close(gathered, reference)
+    weights = torch.randn(len(rows))
+    got = torch.autograd.grad((gathered * weights).sum(), [memory, *head.parameters()], allow_unused=True)
+    want = torch.autograd.grad((reference * weights).sum(), [memory, *head.parameters()], allow_unused=True)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None) == (w is None)
+        if g is not None:
+            assert_close(g, w)
 
 
 def test_dense_targets_add_gradient_to_the_encoder(data: ClickLogData) -> None:
