@@ -157,7 +157,7 @@ class Scorer:
         else:
             logits = self.model.score(memory[rows], candidates, candidate_categories)
         return Scores(
-            probabilities=torch.sigmoid(logits).numpy().astype(np.float32),
+            probabilities=torch.sigmoid(logits.float()).numpy().astype(np.float32),
             unknown_users=tuple(str(u) for u in distinct[~known]),
             users=len(distinct),
             unknown_items=int((np.asarray(items) == OOV_INDEX).sum()),

@@ -16,6 +16,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from cmrec import cli
 from cmrec.data import validate_events
+from cmrec.precision import autocast
 from cmrec.serving import Refresher, ServedModel, UserEvents
 from cmrec.serving.refresh import _already_applied
 from cmrec.serving.scorer import Scorer
@@ -225,6 +226,10 @@ def test_float16_store_halves_memory_bytes_and_scores_closely(
     full = open_scorer(run_dir, tmp_path / "fp32").score(ids, items).probabilities
     half = open_scorer(run_dir, tmp_path / "fp16").score(ids, items).probabilities
     np.testing.assert_allclose(half, full, atol=5e-3)
+    with autocast("cpu", "bfloat16"):  # scoring in bf16 autocast still returns float32 probabilities
+        autocast_scores = open_scorer(run_dir, tmp_path / "fp32").score(ids, items).probabilities
+    assert autocast_scores.dtype == np.float32
+    np.testing.assert_allclose(autocast_scores, full, atol=3e-2)
     assert cli.main([*base, "--store", str(tmp_path / "fp16"), "--dtype", "float32"]) == 2  # needs --rebuild
 
 
