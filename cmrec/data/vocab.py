@@ -19,6 +19,8 @@ import pandas as pd
 from cmrec.data.schema import OOV_INDEX, PAD_INDEX
 from cmrec.errors import DataValidationError
 
+SMALL_ENCODE = 1024  # `Vocab.encode` looks up at most this many values one by one
+
 NUM_RESERVED = 2  # padding and out-of-vocabulary
 
 IdKind = Literal["int", "str"]
@@ -69,7 +71,15 @@ class Vocab:
         return len(self.ids)
 
     def encode(self, values: Iterable[Any] | pd.Series | np.ndarray) -> np.ndarray:
-        """Map raw ids to indices (int64); unknown ids map to the OOV index 1."""
+        """Map raw ids to indices (int64); unknown ids map to the OOV index 1.
+
+        Up to `SMALL_ENCODE` values (a serving request) are looked up one by one in a dict, which is
+        some ten times faster than the vectorised path at that size and gives the same indices
+        (tested); larger inputs take the vectorised path."""
+        if isinstance(values, (pd.Series, np.ndarray, list, tuple)) and len(values) <= SMALL_ENCODE:
+            position_of = self._positions()
+            found = [position_of.get(str(value), OOV_INDEX) for value in values]
+            return np.asarray(found, dtype=np.int64)
         series = values if isinstance(values, pd.Series) else pd.Series(list(values))
         if len(series) == 0:
             return np.zeros(0, dtype=np.int64)
@@ -77,6 +87,14 @@ class Vocab:
         positions = self._index.get_indexer(pd.Index(_canonical(pd.Series(uniques))))
         mapped = np.where(positions >= 0, positions + NUM_RESERVED, OOV_INDEX).astype(np.int64)
         return mapped[codes]
+
+    def _positions(self) -> dict[str, int]:
+        """id -> its index, built on first use (`encode`'s small-input path)."""
+        positions: dict[str, int] | None = self.__dict__.get("_position_of")
+        if positions is None:
+            positions = {raw: row + NUM_RESERVED for row, raw in enumerate(self.ids)}
+            object.__setattr__(self, "_position_of", positions)
+        return positions
 
     def decode(self, indices: np.ndarray | Iterable[int]) -> np.ndarray:
         """Map indices back to raw ids; padding and OOV indices have no id and raise."""

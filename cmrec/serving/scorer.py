@@ -67,7 +67,7 @@ class Scorer:
         self.pending = pending
         self.initial = served.initial_state()  # (rows, d_m) the state of a user the store does not know
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def memories(self, user_ids: Sequence[str]) -> tuple[torch.Tensor, np.ndarray]:
         """(U, K, d_m) memories ready to score from, and a (U,) bool array of users the store knows."""
         return self._memories(user_ids, self.store.get_many(list(user_ids)))
@@ -119,7 +119,7 @@ class Scorer:
         )
         return memory
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(
         self,
         user_ids: Sequence[str],
@@ -130,35 +130,36 @@ class Scorer:
         if len(user_ids) != len(item_ids):
             raise ConfigError(f"{len(user_ids)} user ids but {len(item_ids)} item ids")
         vocabs = self.served.vocabs
-        items = vocabs.items.encode(pd.Series(item_ids))
+        items = vocabs.items.encode(item_ids)
         categories = None
         if category_ids is not None and vocabs.categories is not None:
-            categories = vocabs.categories.encode(pd.Series(category_ids))
+            categories = vocabs.categories.encode(category_ids)
         return self.score_indices(user_ids, items, categories)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score_indices(
         self, user_ids: Sequence[str], items: np.ndarray, categories: np.ndarray | None = None
     ) -> Scores:
         """Like `score`, with items (and categories) already encoded by the run's vocabularies."""
-        users = pd.Series([str(u) for u in user_ids], dtype=object)
-        codes, distinct = pd.factorize(users)
-        states = self.store.get_many(list(distinct))
-        memory, known = self._memories(list(distinct), states)
-        rows = torch.from_numpy(codes)
+        row_of: dict[str, int] = {}  # each distinct user, in order of first request
+        codes = [row_of.setdefault(str(user), len(row_of)) for user in user_ids]
+        distinct = list(row_of)
+        states = self.store.get_many(distinct)
+        memory, known = self._memories(distinct, states)
+        rows = torch.tensor(codes, dtype=torch.long)
         candidates = torch.from_numpy(np.asarray(items, dtype=np.int64))
         candidate_categories = (
             None if categories is None else torch.from_numpy(np.asarray(categories, dtype=np.int64))
         )
         if self.reads_recent:
             # One user's pending clicks are counted once, whatever the number of their candidates.
-            recent = self._recent(list(distinct), states) if self.pending == "write" else None
+            recent = self._recent(distinct, states) if self.pending == "write" else None
             logits = self.model.score(memory, candidates, candidate_categories, recent=recent, rows=rows)  # type: ignore[call-arg]
         else:
             logits = self.model.score(memory[rows], candidates, candidate_categories)
         return Scores(
             probabilities=torch.sigmoid(logits.float()).numpy().astype(np.float32),
-            unknown_users=tuple(str(u) for u in distinct[~known]),
+            unknown_users=tuple(user for user, seen in zip(distinct, known, strict=True) if not seen),
             users=len(distinct),
             unknown_items=int((np.asarray(items) == OOV_INDEX).sum()),
         )

@@ -5,8 +5,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cmrec.data.vocab import Vocab
+from cmrec.data.vocab import SMALL_ENCODE, Vocab
 from cmrec.errors import DataValidationError
 
 
@@ -45,3 +47,25 @@ def test_errors() -> None:
 
 def test_encode_empty() -> None:
     assert Vocab.fit([1], name="item").encode([]).shape == (0,)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    known=st.lists(st.integers(-50, 50), min_size=1, max_size=30, unique=True),
+    asked=st.lists(st.integers(-60, 60), min_size=0, max_size=40),
+)
+def test_small_requests_encode_as_the_vectorised_path_does(known: list[int], asked: list[int]) -> None:
+    """The dict lookup for small inputs (`SMALL_ENCODE`) gives the vectorised path's indices, for
+    ints, numpy ints, floats, their text spellings and unknown ids."""
+    for vocab in (Vocab.fit(known, "item"), Vocab.fit([str(k) for k in known], "item")):
+        spellings = (
+            asked,
+            np.asarray(asked, dtype=np.int64),
+            [str(a) for a in asked],
+            pd.Series(asked, dtype=np.int64),
+            pd.Series([float(a) for a in asked], dtype=np.float64),
+        )
+        for values in spellings:
+            large = list(values) * (SMALL_ENCODE // max(len(asked), 1) + 1)  # past the small path
+            vectorised = vocab.encode(pd.Series(large)).reshape(-1)[: len(asked)] if asked else np.zeros(0)
+            np.testing.assert_array_equal(vocab.encode(values), vectorised.astype(np.int64))
