@@ -29,14 +29,25 @@ BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     """The CPU feature flags the kernel reports (empty where there is no /proc/cpuinfo)."""
+    return set(_cpuinfo_field("flags", cpuinfo).split())
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name as the kernel reports it ("" where there is no /proc/cpuinfo)."""
+    return _cpuinfo_field("model name", cpuinfo).strip()
+
+
+def _cpuinfo_field(name: str, cpuinfo: Path) -> str:
+    """The first processor's `name` field of /proc/cpuinfo ("" if absent)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return set()
+        return ""
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value
+    return ""
 
 
 def native_bfloat16(device: torch.device | str = "cpu", flags: set[str] | None = None) -> str | None:

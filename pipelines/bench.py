@@ -39,7 +39,7 @@ from cmrec.models import ContinualMemoryModel, DataSpec, build_model, model_name
 from cmrec.output import ModelOutput
 from cmrec.pipelines._common import read_overrides, run_command
 from cmrec.pipelines.bench_serving import add_serving_arguments, print_serving, run_serving
-from cmrec.precision import PRECISIONS, autocast, native_bfloat16
+from cmrec.precision import PRECISIONS, autocast, cpu_model, native_bfloat16
 from cmrec.train import Batches
 
 DESCRIPTION = "Benchmark a model's training step (and CM's parts) on generated data; write JSON."
@@ -114,19 +114,17 @@ def run(args: argparse.Namespace) -> int:
                 if length == headline:
                     runs.setdefault(precision, []).append(measured)
                 scaling.append({"model": name, "precision": precision, "length": length, **_scaled(measured)})
+    at_headline = {(m["model"], m["precision"]): m["step_seconds"] for ms in runs.values() for m in ms}
     for row in scaling:
-        first = next(
-            r
-            for r in scaling
-            if (r["model"], r["precision"], r["length"]) == (row["model"], row["precision"], headline)
+        row[f"step_over_L{headline}"] = round(
+            row["step_seconds"] / at_headline[row["model"], row["precision"]], 3
         )
-        row[f"step_over_L{headline}"] = round(row["step_seconds"] / first["step_seconds"], 3)
     result = {
         "length": headline,
         "batch_size": args.batch_size,
         "steps": args.steps,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model() or platform.machine(),
         "device": str(device),
         "native_bfloat16": native,  # what gives the device bf16 arithmetic, None where nothing does
         "precisions": precisions,

@@ -8,18 +8,22 @@ import pytest
 import torch
 
 from cmrec.errors import ConfigError
-from cmrec.precision import autocast, cpu_flags, native_bfloat16
+from cmrec.precision import autocast, cpu_flags, cpu_model, native_bfloat16
 
 
 def test_cpu_flags_and_native_bfloat16_are_read_from_cpuinfo(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+        "flags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    )
+    assert cpu_model(cpuinfo) == "Intel(R) Xeon(R) Processor"
     flags = cpu_flags(cpuinfo)
     assert {"avx512_bf16", "amx_bf16", "fpu"} <= flags and "avx2" not in flags
     assert native_bfloat16("cpu", flags) == "avx512_bf16+amx_bf16"
     assert native_bfloat16("cpu", {"avx512_bf16"}) == "avx512_bf16"
     assert native_bfloat16("cpu", {"avx2", "avx512f"}) is None
-    assert cpu_flags(tmp_path / "missing") == set()
+    assert cpu_flags(tmp_path / "missing") == set() and cpu_model(tmp_path / "missing") == ""
 
 
 def test_autocast_runs_matmuls_in_the_precision_asked() -> None:

@@ -82,7 +82,8 @@ class _Hop(nn.Module):
         picked: ``memory[rows]`` (S, K, d_m) when the caller has it already."""
         # Project each memory once, then gather: many queries (dense targets) share one memory.
         slots = self.slot(memory)  # (M, K, d_model)
-        fresh = rows is not None and len(slots) > 1  # index_select copies: the copy can be overwritten
+        # `gather_rows` copies (unless there is one memory, a view): the copy can be overwritten.
+        fresh = rows is not None and len(slots) > 1
         if rows is not None:
             slots = gather_rows(slots, rows)  # (S, K, d_model)
             picked = gather_rows(memory, rows) if picked is None else picked  # (S, K, d_m)
@@ -320,8 +321,9 @@ class ReasonHead(nn.Module):
                     shares = counts.reshape(-1).index_select(0, flat).view(buckets.shape)
                 if pending is not None and pending.keys is not None:
                     # The pending clicks' share in each of the candidate's entries.
-                    keys = pending.keys.long()
-                    held = key_buckets(keys, self.count_buckets, self.item_buckets)  # (S, W, Q)
+                    held = key_buckets(
+                        pending.keys.long(), self.count_buckets, self.item_buckets
+                    )  # (S, W, Q)
                     hits = ((held == buckets[:, None]) & pending.held[..., None]).sum(dim=1)  # (S, Q)
                     shares = with_pending(
                         shares, hits.to(shares.dtype) / pending.clicks.clamp(min=1)[:, None]

@@ -320,12 +320,9 @@ class ContinualMemoryMachine(nn.Module):
             sums = self._click_values(x[:, None], mask[:, None])[:, 0].sum(dim=1)  # (B, 1 + P, d_m)
         recurrent = None
         if self.recurrent is not None:
-            state = memory[:, self.slots]
+            recurrent = memory[:, self.slots]
             if x.shape[1]:
-                outputs = self._recurrent_outputs(state, x[:, None], mask[:, None])
-                recurrent = self._segment_ends(state, outputs, mask[:, None])[:, 0]
-            else:
-                recurrent = state
+                recurrent = self._recurrent_states(recurrent, x[:, None], mask[:, None])[:, 0]
         return Pending(count, mask, sums, keys, recurrent)
 
     def _recurrent_states(self, state: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

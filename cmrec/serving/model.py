@@ -138,19 +138,14 @@ class ServedModel:
 
     @torch.no_grad()
     def hold_clicks(
-        self, states: torch.Tensor, items: Sequence[np.ndarray], categories: Sequence[np.ndarray] | None
+        self,
+        states: torch.Tensor,
+        items: Sequence[np.ndarray],
+        categories: Sequence[np.ndarray | None] | None,
     ) -> torch.Tensor:
         """(B, rows, d_m) stored states after B users' new pending clicks (each < `write_len`,
         oldest first; `ContinualMemoryModel.hold`)."""
-        width = max((len(user_items) for user_items in items), default=0)
-        ids = torch.zeros(len(items), width, dtype=torch.long)
-        mask = torch.zeros(len(items), width, dtype=torch.bool)
-        cats = None if categories is None else torch.zeros(len(items), width, dtype=torch.long)
-        for row, user_items in enumerate(items):
-            ids[row, : len(user_items)] = torch.from_numpy(user_items.astype(np.int64))
-            mask[row, : len(user_items)] = True
-            if cats is not None and categories is not None:
-                cats[row, : len(user_items)] = torch.from_numpy(categories[row].astype(np.int64))
+        ids, mask, cats = pad_clicks(items, categories)
         held: torch.Tensor = self.model.hold(states, ids, mask, cats)  # type: ignore[attr-defined]
         return held
 
@@ -166,3 +161,22 @@ class ServedModel:
             dtype=dtype,
             partitions=partitions,
         )
+
+
+def pad_clicks(
+    items: Sequence[np.ndarray], categories: Sequence[np.ndarray | None] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """B users' clicks (item indices, oldest first) as (B, W) ids, mask (True at real clicks,
+    first in each row) and category ids (None without `categories`; zeros for a user whose
+    categories are None); W is the longest user's count."""
+    width = max((len(user_items) for user_items in items), default=0)
+    ids = torch.zeros(len(items), width, dtype=torch.long)
+    mask = torch.zeros(len(items), width, dtype=torch.bool)
+    cats = None if categories is None else torch.zeros(len(items), width, dtype=torch.long)
+    for row, user_items in enumerate(items):
+        ids[row, : len(user_items)] = torch.from_numpy(user_items.astype(np.int64))
+        mask[row, : len(user_items)] = True
+        given = None if categories is None else categories[row]
+        if cats is not None and given is not None:
+            cats[row, : len(user_items)] = torch.from_numpy(given.astype(np.int64))
+    return ids, mask, cats

@@ -196,9 +196,9 @@ class Refresher:
         plan.pending_categories = None if categories is None else categories[whole:].copy()
         # The clicks the stored pending rows must take in (`ServedModel.holds_pending`): after a
         # write, all the pending ones (a write resets the rows); else the new ones only.
-        held = len(items) - applied if not whole else whole
-        plan.hold_items = items[held:]
-        plan.hold_categories = None if categories is None else categories[held:]
+        first_held = whole if whole else len(items) - applied
+        plan.hold_items = items[first_held:]
+        plan.hold_categories = None if categories is None else categories[first_held:]
         if whole:
             plan.segments = items[:whole]
             plan.segment_categories = None if categories is None else categories[:whole]
@@ -221,10 +221,8 @@ class Refresher:
         if not plans:
             return {}
         states = torch.stack([memories.get(p.user_id, p.memory) for p in plans])  # type: ignore[misc]
-        categories = [p.hold_categories for p in plans if p.hold_categories is not None]
-        held = self.served.hold_clicks(
-            states, [p.hold_items for p in plans], categories if self.served.has_categories else None
-        )
+        categories = [p.hold_categories for p in plans] if self.served.has_categories else None
+        held = self.served.hold_clicks(states, [p.hold_items for p in plans], categories)
         return {plan.user_id: held[row].clone() for row, plan in enumerate(plans)}
 
 

@@ -22,7 +22,7 @@ import torch
 
 from cmrec.data.schema import OOV_INDEX
 from cmrec.errors import ConfigError
-from cmrec.serving.model import ServedModel
+from cmrec.serving.model import ServedModel, pad_clicks
 from cmrec.store.protocol import MemoryStoreProtocol
 from cmrec.store.state import UserState
 
@@ -90,21 +90,12 @@ class Scorer:
         self, user_ids: Sequence[str], states: dict[str, UserState]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(U, W) pending item ids, mask and category ids (None without categories) of each user."""
-        pending = [states[u].pending_items if u in states else np.zeros(0, np.int64) for u in user_ids]
-        width = max((len(p) for p in pending), default=0)
-        items = torch.zeros(len(user_ids), width, dtype=torch.long)
-        mask = torch.zeros(len(user_ids), width, dtype=torch.bool)
-        categories = (
-            torch.zeros(len(user_ids), width, dtype=torch.long) if self.served.has_categories else None
-        )
-        for row, user in enumerate(user_ids):
-            n = len(pending[row])
-            items[row, :n] = torch.from_numpy(pending[row].astype(np.int64))
-            mask[row, :n] = True
-            given = states[user].pending_categories if user in states else None
-            if categories is not None and given is not None:
-                categories[row, :n] = torch.from_numpy(given.astype(np.int64))
-        return items, mask, categories
+        empty = np.zeros(0, np.int64)
+        pending = [states[u].pending_items if u in states else empty for u in user_ids]
+        categories = None
+        if self.served.has_categories:
+            categories = [states[u].pending_categories if u in states else None for u in user_ids]
+        return pad_clicks(pending, categories)
 
     def _write_pending(self, memory: torch.Tensor, states: Sequence[UserState | None]) -> torch.Tensor:
         waiting = [(i, s) for i, s in enumerate(states) if s is not None and len(s.pending_items)]
